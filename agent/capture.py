@@ -1,0 +1,116 @@
+"""Packet sources: live interfaces and capture files, read in batches (the only pcapy-ng import).
+
+`next_batch` returns `(packets, meta)` exactly as pcapy-ng gives them: the frames concatenated and
+one 16-byte native-endian record `(sec, usec, offset, caplen)` per frame. An empty `meta` means the
+end of a file, or a read timeout on a live interface. Wire lengths are not available this way, so
+byte counts downstream come from the IP headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pcapy
+
+from agent.decode import SUPPORTED_LINKTYPES
+
+U32: Final = 1 << 32
+
+
+class CaptureError(Exception):
+    """The capture could not be opened or read: a missing file, a bad filter, no such interface."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSettings:
+    interface: str
+    snaplen: int = 1600
+    promiscuous: bool = True
+    buffer_bytes: int = 16 * 1024 * 1024
+    timeout_ms: int = 100
+    bpf: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KernelStats:
+    received: int = 0
+    dropped: int = 0
+    if_dropped: int = 0
+
+
+class _StatsDelta:
+    """Turns libpcap's 32-bit running counters into deltas that survive wrap-around."""
+
+    def __init__(self) -> None:
+        self._previous = (0, 0, 0)
+
+    def update(self, current: tuple[int, int, int]) -> KernelStats:
+        deltas = [(now - before) % U32 for now, before in zip(current, self._previous, strict=True)]
+        self._previous = current
+        return KernelStats(*deltas)
+
+
+class Capture:
+    """One open capture; use `open_offline` or `open_live` to make one."""
+
+    def __init__(self, reader: Any, name: str, live: bool, batch_size: int) -> None:
+        self._reader = reader
+        self.name = name
+        self.live = live
+        self.batch_size = batch_size
+        self.linktype: int = reader.datalink()
+        self._stats = _StatsDelta()
+        if self.linktype not in SUPPORTED_LINKTYPES:
+            reader.close()
+            raise CaptureError(f"{name}: link type {self.linktype} is not supported")
+
+    def next_batch(self) -> tuple[bytes, bytes]:
+        try:
+            packets, meta = self._reader.next_batch(self.batch_size)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{self.name}: {exc}") from exc
+        return packets, bytes(meta)
+
+    def kernel_stats(self) -> KernelStats:
+        """Packets received and dropped since the previous call (live only; zeros for files)."""
+        if not self.live:
+            return KernelStats()
+        received, dropped, if_dropped = self._reader.stats()
+        return self._stats.update((received, dropped, if_dropped))
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
+    """Open a pcap or pcapng file."""
+    try:
+        reader = pcapy.open_offline(path)
+        if bpf:
+            reader.setfilter(bpf)
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"{path}: {exc}") from exc
+    return Capture(reader, path, live=False, batch_size=batch_size)
+
+
+def open_live(settings: LiveSettings, batch_size: int = 1024) -> Capture:
+    """Open an interface for passive capture; nothing is ever sent on it."""
+    try:
+        reader = pcapy.create(settings.interface)
+        reader.set_snaplen(settings.snaplen)
+        reader.set_promisc(settings.promiscuous)
+        reader.set_timeout(settings.timeout_ms)
+        reader.set_buffer_size(settings.buffer_bytes)
+        reader.activate()
+        if settings.bpf:
+            reader.setfilter(settings.bpf)
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"{settings.interface}: {exc}") from exc
+    return Capture(reader, settings.interface, live=True, batch_size=batch_size)

@@ -1,0 +1,79 @@
+"""The `ward-agent` command line (also `python -m agent`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+import structlog
+
+from agent import __version__, config, logsetup
+from agent.emit import FlowTally, JsonLines
+from agent.pipeline import replay
+from agent.records import FlowRecord
+
+EX_OK, EX_DATAERR, EX_NOINPUT = 0, 65, 66
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ward-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ward-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rep = commands.add_parser("replay", help="run the sensor pipeline over capture files")
+    rep.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files, read in order")
+    rep.add_argument("--config", metavar="FILE", help="agent TOML configuration (defaults otherwise)")
+    rep.add_argument("--emit", metavar="FILE", default="-", help="JSON Lines output, - for stdout (default)")
+    rep.add_argument("--report", metavar="FILE", help="also write a readable summary, - for stderr")
+    rep.add_argument("--no-fast-path", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+@contextlib.contextmanager
+def _output(path: str | None, dash: TextIO) -> Iterator[TextIO | None]:
+    if path is None:
+        yield None
+    elif path == "-":
+        yield dash
+    else:
+        with open(path, "w", encoding="utf-8") as stream:
+            yield stream
+
+
+def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
+    log = structlog.get_logger("agent.cli")
+    tally = FlowTally()
+    with _output(args.emit, sys.stdout) as out, _output(args.report, sys.stderr) as report:
+        writer = JsonLines(out) if out is not None else None
+
+        def on_flow(record: FlowRecord) -> None:
+            tally.flow(record)
+            if writer is not None:
+                writer.flow(record)
+
+        totals = replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path)
+        summary = totals.summary()
+        if writer is not None:
+            writer.record(summary)
+        if report is not None:
+            report.write(tally.report(summary))
+    log.info("replay_done", frames=summary["frames"], flows=summary["flows"], seconds=summary["seconds"],
+             unaccounted=summary["unaccounted"], capture_errors=len(summary["capture_errors"]))
+    if summary["capture_errors"]:
+        return EX_NOINPUT if summary["frames"] == 0 else EX_DATAERR
+    return EX_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = config.load(getattr(args, "config", None))
+    except config.ConfigError as exc:
+        print(f"ward-agent: {exc}", file=sys.stderr)
+        return config.EX_CONFIG
+    logsetup.configure(settings.log.level)
+    if args.command == "replay":
+        return _replay(args, settings)
+    raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands

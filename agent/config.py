@@ -1,0 +1,137 @@
+"""Agent configuration: TOML in, frozen settings out, every problem listed with its dotted path.
+
+The same validator runs at start-up and (later) on remote pushes. Unknown keys are refused: a typo
+must not silently fall back to a default on a box nobody will visit again.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agent.flows import FlowSettings
+
+EX_CONFIG: Final = 78
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    interface: str = ""
+    snaplen: int = 1600
+    promiscuous: bool = True
+    buffer_mb: int = 16
+    timeout_ms: int = 100
+    bpf: str = ""
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    flows: FlowSettings = field(default_factory=FlowSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+class ConfigError(Exception):
+    """The configuration is refused; `problems` lists every reason, each with its dotted path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+Check = Callable[[Any], str | None]
+
+
+def _number(low: float, high: float, integer: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
+        if not low <= value <= high:
+            return f"must be between {low:g} and {high:g}, got {value!r}"
+        return None
+    return check
+
+
+def _of_type(kind: type, choices: tuple[str, ...] = ()) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, kind):
+            return f"must be a {kind.__name__}, got {value!r}"
+        if choices and value not in choices:
+            return f"must be one of {', '.join(choices)}, got {value!r}"
+        return None
+    return check
+
+
+_SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
+    "capture": (CaptureSettings, {
+        "interface": _of_type(str),
+        "snaplen": _number(64, 262144, integer=True),
+        "promiscuous": _of_type(bool),
+        "buffer_mb": _number(1, 1024, integer=True),
+        "timeout_ms": _number(1, 10000, integer=True),
+        "bpf": _of_type(str),
+        "batch_size": _number(1, 65536, integer=True),
+    }),
+    "flows": (FlowSettings, {
+        "idle_timeout": _number(1, 3600),
+        "active_timeout": _number(1, 600),
+        "tcp_close_grace": _number(0, 60),
+        "max_flows": _number(1, 16_777_216, integer=True),
+    }),
+    "log": (LogSettings, {"level": _of_type(str, LOG_LEVELS)}),
+}
+
+
+def parse(document: Mapping[str, Any]) -> AgentConfig:
+    """Validate a parsed TOML document; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    for name in document:
+        if name not in _SCHEMA:
+            problems.append(f"{name}: unknown section (known: {', '.join(_SCHEMA)})")
+    for name, (settings_type, checks) in _SCHEMA.items():
+        table = document.get(name, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"{name}: must be a table")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            check = checks.get(key)
+            if check is None:
+                problems.append(f"{name}.{key}: unknown key (known: {', '.join(checks)})")
+            elif (problem := check(value)) is not None:
+                problems.append(f"{name}.{key}: {problem}")
+            else:
+                values[key] = value
+        sections[name] = settings_type(**values)
+    flows = sections.get("flows")
+    if isinstance(flows, FlowSettings) and flows.active_timeout < flows.idle_timeout:
+        problems.append("flows.active_timeout: must not be shorter than flows.idle_timeout")
+    if problems:
+        raise ConfigError(problems)
+    return AgentConfig(**sections)
+
+
+def load(path: str | Path | None) -> AgentConfig:
+    """Read and validate a TOML file; no path gives the defaults."""
+    if path is None:
+        return AgentConfig()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse(document)

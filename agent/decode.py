@@ -1,0 +1,351 @@
+"""General frame decoder: every link type and encapsulation the flow table's inlined fast path skips.
+
+`decode_frame` never raises. It returns one of:
+- a `Decoded` tuple for an IP packet that belongs to a flow,
+- an `int` (the ethertype, or -1 for an 802.3/LLC frame) for a frame that carries no IP,
+- a `str`, the reason the frame was skipped (see SKIP_REASONS).
+
+Flow keys are byte strings built so that the fast path in flows.py can slice them straight out of
+an Ethernet frame: for TCP and UDP `src ip + dst ip + src port + dst port`, then two bytes per VLAN
+id (outermost first). ICMP and other protocols live in a table of their own whose keys start with
+the protocol number; ICMP replies take the type of their request so both directions meet in one
+flow, and the type and code stand in for the ports.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+TCP: Final = 0
+UDP: Final = 1
+OTHER: Final = 2
+TUNNEL: Final = 3  # outer UDP flows of tunnels: keyed like UDP, never seen by the fast path
+
+# (table, key, IP-layer bytes, TCP flags, dst MAC + src MAC or b"", the tunnelled packet or None)
+Decoded = tuple[int, bytes, int, int, bytes, "Result | None"]
+Result = Decoded | int | str
+
+LLC: Final = -1
+MAX_VLAN_TAGS: Final = 4
+MAX_IPV6_EXT_HEADERS: Final = 8
+MAX_TUNNEL_DEPTH: Final = 2
+
+FRAGMENT: Final = "ip_fragment"  # a non-first IP fragment: counted, carries no ports
+SKIP_REASONS: Final = (
+    "truncated_link",
+    "unsupported_link",
+    "too_many_vlan_tags",
+    "truncated_ipv4",
+    "bad_ipv4_header",
+    "truncated_ipv6",
+    "bad_ipv6_header",
+    "bad_ip_version",
+    "truncated_l4",
+    "malformed",
+)
+
+DLT_NULL: Final = 0
+DLT_EN10MB: Final = 1
+DLT_RAW: Final = 12
+DLT_RAW_OPENBSD: Final = 14
+DLT_LOOP: Final = 108
+DLT_LINUX_SLL: Final = 113
+LINKTYPE_RAW: Final = 101
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+DLT_LINUX_SLL2: Final = 276
+SUPPORTED_LINKTYPES: Final = frozenset(
+    {DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_RAW_OPENBSD, DLT_LOOP, DLT_LINUX_SLL, LINKTYPE_RAW,
+     LINKTYPE_IPV4, LINKTYPE_IPV6, DLT_LINUX_SLL2}
+)
+
+_VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})
+_BSD_AF_INET6: Final = frozenset({10, 24, 28, 30})
+_IPV6_EXT: Final = frozenset({0, 43, 60, 51})
+_ICMP_REQUEST_OF: Final = {0: 8, 14: 13, 16: 15, 18: 17}
+_ICMP6_REQUEST_OF: Final = {129: 128, 134: 133, 136: 135}
+_NO_MACS: Final = b""
+_GRE_ETHERNET: Final = frozenset({0x6558, 0x88BE, 0x22EB})  # bridged Ethernet, ERSPAN II and III
+_VXLAN, _GENEVE, _TEREDO, _GTP_U = 4789, 6081, 3544, 2152
+TUNNEL_PORTS: Final = frozenset({_VXLAN, _GENEVE, _TEREDO, _GTP_U})
+
+
+def decode_frame(frame: bytes, linktype: int) -> Result:
+    """Decode one captured frame; see the module docstring for the three kinds of result."""
+    try:
+        return _decode(frame, linktype)
+    except (IndexError, ValueError):
+        return "malformed"
+
+
+def _decode(frame: bytes, linktype: int) -> Result:
+    if linktype == DLT_EN10MB:
+        return _ethernet(frame, 0, 0)
+    if linktype in (DLT_RAW, LINKTYPE_RAW, DLT_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        return _ip(frame, 0, (), _NO_MACS, 0)
+    if linktype in (DLT_NULL, DLT_LOOP):
+        return _loopback(frame, linktype)
+    if linktype == DLT_LINUX_SLL:
+        if len(frame) < 16:
+            return "truncated_link"
+        macs = bytes(6) + frame[6:12] if frame[4:6] == b"\x00\x06" else _NO_MACS
+        return _ethertype(frame, 14, 16, macs, 0)
+    if linktype == DLT_LINUX_SLL2:
+        if len(frame) < 20:
+            return "truncated_link"
+        macs = bytes(6) + frame[12:18] if frame[11] == 6 else _NO_MACS
+        return _ethertype(frame, 0, 20, macs, 0)
+    return "unsupported_link"
+
+
+def _loopback(frame: bytes, linktype: int) -> Result:
+    if len(frame) < 4:
+        return "truncated_link"
+    family = int.from_bytes(frame[:4], "big" if linktype == DLT_LOOP else "little")
+    if linktype == DLT_NULL and family > 0xFFFF:  # written by a big-endian host
+        family = int.from_bytes(frame[:4], "big")
+    if family == 2 or family in _BSD_AF_INET6:
+        return _ip(frame, 4, (), _NO_MACS, 0)
+    return LLC if family > 0xFFFF else family
+
+
+def _ethernet(frame: bytes, at: int, depth: int) -> Result:
+    if len(frame) < at + 14:
+        return "truncated_link"
+    return _ethertype(frame, at + 12, at + 14, frame[at:at + 12], depth)
+
+
+def _ethertype(frame: bytes, at: int, pos: int, macs: bytes, depth: int) -> Result:
+    """Walk VLAN tags, MPLS and PPPoE from the ethertype at `at` (payload at `pos`) down to IP."""
+    vlans: list[int] = []
+    etype = int.from_bytes(frame[at:at + 2], "big")
+    while etype in _VLAN_TPIDS:
+        if len(vlans) == MAX_VLAN_TAGS:
+            return "too_many_vlan_tags"
+        if len(frame) < pos + 4:
+            return "truncated_link"
+        vlans.append(int.from_bytes(frame[pos:pos + 2], "big") & 0x0FFF)
+        etype = int.from_bytes(frame[pos + 2:pos + 4], "big")
+        pos += 4
+    if etype in (0x0800, 0x86DD):
+        return _ip(frame, pos, vlans, macs, depth)
+    if etype in (0x8847, 0x8848):
+        return _mpls(frame, pos, vlans, macs, depth)
+    if etype == 0x8864 and frame[pos + 6:pos + 8] in (b"\x00\x21", b"\x00\x57"):
+        return _ip(frame, pos + 8, vlans, macs, depth)
+    return LLC if etype < 0x0600 else etype
+
+
+def _mpls(frame: bytes, pos: int, vlans: list[int], macs: bytes, depth: int) -> Result:
+    for _ in range(16):
+        if len(frame) < pos + 4:
+            return "truncated_link"
+        bottom = frame[pos + 2] & 1
+        pos += 4
+        if bottom:
+            return _ip(frame, pos, vlans, macs, depth)
+    return "malformed"
+
+
+def _tags(vlans: list[int] | tuple[int, ...]) -> bytes:
+    return b"".join(v.to_bytes(2, "big") for v in vlans)
+
+
+def _ip(frame: bytes, pos: int, vlans: list[int] | tuple[int, ...], macs: bytes, depth: int) -> Result:
+    if len(frame) <= pos:
+        return "truncated_ipv4"
+    version = frame[pos] >> 4
+    if version == 4:
+        return _ipv4(frame, pos, _tags(vlans), macs, depth)
+    if version == 6:
+        return _ipv6(frame, pos, _tags(vlans), macs, depth)
+    return "bad_ip_version"
+
+
+def _ipv4(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Result:
+    if len(frame) < pos + 20:
+        return "truncated_ipv4"
+    ihl = (frame[pos] & 0x0F) * 4
+    total = int.from_bytes(frame[pos + 2:pos + 4], "big")
+    if total == 0:  # TCP segmentation offload on the capturing host: trust the captured length
+        total = len(frame) - pos
+    if ihl < 20 or total < ihl:
+        return "bad_ipv4_header"
+    if len(frame) < pos + ihl:
+        return "truncated_ipv4"
+    if (frame[pos + 6] & 0x1F) or frame[pos + 7]:
+        return FRAGMENT
+    src, dst = frame[pos + 12:pos + 16], frame[pos + 16:pos + 20]
+    return _transport(frame, pos + ihl, frame[pos + 9], (src, dst, total, tags, macs), depth)
+
+
+def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Result:
+    if len(frame) < pos + 40:
+        return "truncated_ipv6"
+    total = 40 + int.from_bytes(frame[pos + 4:pos + 6], "big")
+    src, dst = frame[pos + 8:pos + 24], frame[pos + 24:pos + 40]
+    nxt = frame[pos + 6]
+    at = pos + 40
+    for _ in range(MAX_IPV6_EXT_HEADERS + 1):
+        if nxt == 44:
+            if len(frame) < at + 8:
+                return "truncated_ipv6"
+            if int.from_bytes(frame[at + 2:at + 4], "big") & 0xFFF8:
+                return FRAGMENT
+            nxt, at = frame[at], at + 8
+        elif nxt in _IPV6_EXT:
+            if len(frame) < at + 2:
+                return "truncated_ipv6"
+            size = (frame[at + 1] + 2) * 4 if nxt == 51 else (frame[at + 1] + 1) * 8
+            nxt, at = frame[at], at + size
+        else:
+            return _transport(frame, at, nxt, (src, dst, total, tags, macs), depth)
+    return "bad_ipv6_header"
+
+
+_Outer = tuple[bytes, bytes, int, bytes, bytes]  # src, dst, IP bytes, VLAN tags, MACs
+
+
+def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> Result:
+    src, dst, total, tags, macs = outer
+    if proto == 6 or proto == 17:
+        if len(frame) < at + (14 if proto == 6 else 8):
+            return "truncated_l4"
+        sport, dport = frame[at:at + 2], frame[at + 2:at + 4]
+        key = src + dst + sport + dport + tags
+        if proto == 6:
+            return (TCP, key, total, frame[at + 13], macs, None)
+        inner = _udp_tunnel(frame, at + 8, sport, dport, depth)
+        return (UDP if inner is None else TUNNEL, key, total, 0, macs, inner)
+    head = proto.to_bytes(1, "big")
+    if proto == 1 or proto == 58:
+        if len(frame) < at + 2:
+            return "truncated_l4"
+        requests = _ICMP_REQUEST_OF if proto == 1 else _ICMP6_REQUEST_OF
+        kind = requests.get(frame[at], frame[at]).to_bytes(1, "big") + frame[at + 1:at + 2]
+        return (OTHER, head + src + dst + kind + tags, total, 0, macs, None)
+    inner = _ip_tunnel(frame, at, proto, depth) if depth < MAX_TUNNEL_DEPTH else None
+    return (OTHER, head + src + dst + tags, total, 0, macs, inner)
+
+
+def _ip_tunnel(frame: bytes, at: int, proto: int, depth: int) -> Result | None:
+    """The packet inside IP-in-IP, IPv6-in-IP or GRE, as tshark dissects it."""
+    if proto in (4, 41):
+        return _ip(frame, at, (), _NO_MACS, depth + 1)
+    if proto != 47 or len(frame) < at + 4:
+        return None
+    flags, etype = frame[at], int.from_bytes(frame[at + 2:at + 4], "big")
+    if frame[at + 1] & 0x07:  # only GRE version 0 carries packets
+        return None
+    pos = at + 4 + 4 * bin(flags & 0xB0).count("1")  # checksum+reserved, key, sequence number
+    if etype in (0x0800, 0x86DD):
+        return _ip(frame, pos, (), _NO_MACS, depth + 1)
+    if etype == 0x6558 or (etype == 0x88BE and flags & 0x10):
+        return _ethernet(frame, pos + (8 if etype == 0x88BE else 0), depth + 1)
+    if etype == 0x22EB:
+        return _ethernet(frame, pos + 12 + (8 if len(frame) > pos + 11 and frame[pos + 11] & 1 else 0),
+                         depth + 1)
+    return None
+
+
+def _udp_tunnel(frame: bytes, at: int, sport: bytes, dport: bytes, depth: int) -> Result | None:
+    """The packet inside VXLAN, GENEVE, Teredo or GTP-U, by their registered ports."""
+    if depth >= MAX_TUNNEL_DEPTH:
+        return None
+    port = int.from_bytes(dport, "big")
+    if port not in TUNNEL_PORTS:
+        port = int.from_bytes(sport, "big")
+        if port not in TUNNEL_PORTS:
+            return None
+    if len(frame) < at + 8:
+        return None
+    if port == _VXLAN:
+        return _ethernet(frame, at + 8, depth + 1) if frame[at] & 0x08 else None
+    if port == _GENEVE:
+        return _geneve(frame, at, depth)
+    if port == _TEREDO:
+        return _teredo(frame, at, depth)
+    return _gtp_u(frame, at, depth)
+
+
+def _geneve(frame: bytes, at: int, depth: int) -> Result | None:
+    pos = at + 8 + (frame[at] & 0x3F) * 4
+    etype = int.from_bytes(frame[at + 2:at + 4], "big")
+    if etype == 0x6558:
+        return _ethernet(frame, pos, depth + 1)
+    if etype in (0x0800, 0x86DD):
+        return _ip(frame, pos, (), _NO_MACS, depth + 1)
+    return None
+
+
+def _teredo(frame: bytes, at: int, depth: int) -> Result | None:
+    pos = at
+    if frame[pos:pos + 2] == b"\x00\x01":  # authentication indicator
+        pos += 13 + frame[pos + 2] + frame[pos + 3]
+    if frame[pos:pos + 2] == b"\x00\x00":  # origin indication
+        pos += 8
+    if len(frame) > pos and frame[pos] >> 4 == 6:
+        return _ip(frame, pos, (), _NO_MACS, depth + 1)
+    return None
+
+
+def _gtp_u(frame: bytes, at: int, depth: int) -> Result | None:
+    flags = frame[at]
+    if flags >> 5 != 1 or frame[at + 1] != 0xFF:  # version 1, a G-PDU
+        return None
+    pos = at + 8
+    if flags & 0x07:
+        next_ext = frame[pos + 3]
+        pos += 4
+        while next_ext:
+            size = frame[pos] * 4
+            if size == 0:
+                return "malformed"
+            next_ext = frame[pos + size - 1]
+            pos += size
+    if len(frame) > pos and frame[pos] >> 4 in (4, 6):
+        return _ip(frame, pos, (), _NO_MACS, depth + 1)
+    return None
+
+
+def reverse_key(table: int, key: bytes) -> bytes:
+    """The key of the opposite direction of the same flow."""
+    if table == OTHER:
+        head, rest = key[:1], key[1:]
+        width = _other_addr_width(key)
+        src, dst, tail = rest[:width], rest[width:2 * width], rest[2 * width:]
+        return head + dst + src + tail
+    width = 4 if (len(key) - 12) < 24 else 16
+    src, dst = key[:width], key[width:2 * width]
+    sport, dport = key[2 * width:2 * width + 2], key[2 * width + 2:2 * width + 4]
+    return dst + src + dport + sport + key[2 * width + 4:]
+
+
+def _other_addr_width(key: bytes) -> int:
+    fixed = 3 if key[0] in (1, 58) else 1
+    return 4 if (len(key) - fixed - 8) < 24 else 16
+
+
+PROTO_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
+
+
+def describe_key(table: int, key: bytes) -> tuple[str | int, bytes, int, bytes, int, tuple[int, ...]]:
+    """Split a key back into (proto, a address, a port, b address, b port, VLAN ids)."""
+    if table == OTHER:
+        proto = key[0]
+        width = _other_addr_width(key)
+        src, dst = key[1:1 + width], key[1 + width:1 + 2 * width]
+        rest = key[1 + 2 * width:]
+        a_port = b_port = 0
+        if proto in (1, 58):
+            a_port, b_port, rest = rest[0], rest[1], rest[2:]
+        name: str | int = PROTO_NAMES.get(proto, proto)
+    else:
+        width = 4 if (len(key) - 12) < 24 else 16
+        src, dst = key[:width], key[width:2 * width]
+        a_port = int.from_bytes(key[2 * width:2 * width + 2], "big")
+        b_port = int.from_bytes(key[2 * width + 2:2 * width + 4], "big")
+        rest = key[2 * width + 4:]
+        name = "tcp" if table == TCP else "udp"  # TUNNEL keys are UDP keys
+    vlans = tuple(int.from_bytes(rest[i:i + 2], "big") for i in range(0, len(rest), 2))
+    return name, src, a_port, dst, b_port, vlans

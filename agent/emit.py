@@ -1,0 +1,71 @@
+"""Record output: JSON Lines (key "type" first) and a short readable report."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, TextIO
+
+from agent.records import FlowRecord
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class JsonLines:
+    """Writes one JSON object per line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._write = stream.write
+
+    def flow(self, record: FlowRecord) -> None:
+        self._write(_dumps(record.to_dict()) + "\n")
+
+    def record(self, record: dict[str, Any]) -> None:
+        self._write(_dumps(record) + "\n")
+
+
+class FlowTally:
+    """Keeps what the readable report needs, without holding every flow."""
+
+    def __init__(self, top: int = 8) -> None:
+        self._top = top
+        self.largest: list[FlowRecord] = []
+        self.services: Counter[str] = Counter()
+
+    def flow(self, record: FlowRecord) -> None:
+        self.services[f"{record.proto}/{record.b_port}"] += 1
+        self.largest.append(record)
+        if len(self.largest) > 4 * self._top:
+            self._trim()
+
+    def _trim(self) -> None:
+        self.largest.sort(key=lambda r: r.a_bytes + r.b_bytes, reverse=True)
+        del self.largest[self._top:]
+
+    def report(self, summary: dict[str, Any]) -> str:
+        self._trim()
+        lines = [
+            f"replayed {len(summary['captures'])} capture(s): {summary['frames']} frames in "
+            f"{summary['seconds']} s",
+            f"  flows: {summary['flows']} ({_pairs(summary['flows_by_end'])}), "
+            f"peak {summary['peak_live_flows']} live",
+            f"  frames in flows: {summary['in_flows']}; non-IP: {_pairs(summary['non_ip']) or 0}; "
+            f"IP fragments: {summary['ip_fragments']}; skipped: {_pairs(summary['skipped']) or 0}; "
+            f"unaccounted: {summary['unaccounted']}",
+            "  busiest services: " + ", ".join(f"{s} x{n}" for s, n in self.services.most_common(6)),
+            "  largest flows:",
+        ]
+        for r in self.largest:
+            vlan = f" vlan {'.'.join(map(str, r.vlan))}" if r.vlan else ""
+            lines.append(
+                f"    {r.proto} {r.a_ip}:{r.a_port} -> {r.b_ip}:{r.b_port}{vlan}  "
+                f"{r.a_pkts}/{r.b_pkts} pkts  {r.a_bytes + r.b_bytes} bytes  {r.last - r.first:.1f} s  "
+                f"[{r.end}]"
+            )
+        for error in summary["capture_errors"]:
+            lines.append(f"  capture error: {error}")
+        return "\n".join(lines) + "\n"
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())

@@ -1,0 +1,422 @@
+"""Bidirectional flow table: packets in, FlowRecords out (DESIGN.md section 1, hot path).
+
+Layout, chosen by measurement (scripts/bench.py): one dict per table (TCP, UDP, other) maps each
+direction's key to `2 * slot + direction`, so a packet finds its counters with one lookup and no
+direction test. Per-direction columns live in arrays indexed by that number: `_count` packs
+`bytes << 28 | packets` so one add counts both, `_flags` unions TCP flags, `_last` holds the time
+of the last packet in microseconds. Nothing per flow is a Python container, so the garbage
+collector has nothing to chase and stays off while a batch runs.
+
+Time is packet time in integer microseconds and never goes backwards (late packets take the
+current time and are counted). Expiry runs on a one-second timer wheel visited whenever packet
+time crosses a second boundary, so the same packets give the same flows whatever the batching.
+A visited flow that is not due yet is moved to the slot of its real deadline (lazy rescheduling).
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import struct
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from agent.decode import (
+    DLT_EN10MB,
+    FRAGMENT,
+    TCP,
+    UDP,
+    Result,
+    decode_frame,
+    describe_key,
+    reverse_key,
+)
+from agent.nonip import ethertype_name
+from agent.records import Counters, FlowRecord
+
+US: Final = 1_000_000
+PKT_BITS: Final = 28
+PKT_MASK: Final = (1 << PKT_BITS) - 1
+HEADER_BYTES: Final = 64  # enough for Ethernet + 802.1Q + IPv4 + TCP flags
+FREE, OPEN, CLOSING = 0, 1, 2
+_FLAG_LETTERS: Final = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20),
+                        ("E", 0x40), ("C", 0x80))
+_meta_records = struct.Struct("=IIII").iter_unpack
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    idle_timeout: float = 60.0
+    active_timeout: float = 300.0
+    tcp_close_grace: float = 2.0
+    max_flows: int = 262_144
+
+
+def flag_letters(flags: int) -> str:
+    """TCP flags as letters in the fixed order S F R P A U E C."""
+    return "".join(letter for letter, bit in _FLAG_LETTERS if flags & bit)
+
+
+def _mac(raw: bytes) -> str | None:
+    return None if raw == b"\0\0\0\0\0\0" else raw.hex(":")
+
+
+def _address(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+class FlowTable:
+    """Accounts packets into flows and hands each finished flow to `emit`."""
+
+    def __init__(self, settings: FlowSettings, emit: Callable[[FlowRecord], None], counters: Counters,
+                 linktype: int = DLT_EN10MB, fast_path: bool = True) -> None:
+        self._emit = emit
+        self._counters = counters
+        self.linktype = linktype
+        self._fast_path = fast_path
+        self._idle = round(settings.idle_timeout * US)
+        self._active = round(settings.active_timeout * US)
+        self._grace = round(settings.tcp_close_grace * US)
+        self._max_flows = settings.max_flows
+        horizon = max(self._idle, self._active, self._grace) // US + 2
+        self._wheel_size = 1 << horizon.bit_length()
+        self._wheel: list[list[int]] = [[] for _ in range(self._wheel_size)]
+        self._tables: tuple[dict[bytes, int], ...] = ({}, {}, {}, {})  # TCP, UDP, OTHER, TUNNEL
+        self._count = array("Q")
+        self._flags = bytearray()
+        self._last = array("Q")
+        self._keys: list[bytes] = []
+        self._macs = bytearray()  # 12 bytes a slot: a MAC then b MAC
+        self._first = array("Q")
+        self._due = array("Q")
+        self._state = bytearray()
+        self._table_of = bytearray()
+        self._free: list[int] = []
+        self._continuing: dict[bytes, int] = {}  # a-keys of flows cut by the active timeout
+        self.live = 0
+        self.peak_live = 0
+        self._now = 0
+        self._second = -1
+        self._tick = 0
+        self._evict_cursor = 0
+
+    # ---- the hot loop --------------------------------------------------------------------------
+    def ingest(self, packets: bytes, meta: bytes) -> None:
+        """Account one batch from `next_batch`: concatenated frames and 16-byte (sec, usec, off, len)."""
+        self._counters.add("frames", len(meta) // 16)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if self._fast_path and self.linktype == DLT_EN10MB:
+                self._ingest_ethernet(packets, meta)
+            else:
+                self._ingest_any(packets, meta)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _ingest_any(self, packets: bytes, meta: bytes) -> None:
+        now, tick, slow = self._now, self._tick, self._slow
+        for sec, usec, off, caplen in _meta_records(meta):
+            t = sec * US + usec
+            if not now <= t < tick:
+                t = self._clock(t, now)
+                tick = self._tick
+            now = t
+            slow(packets[off:off + caplen], t)
+        self._now = now
+
+    def _ingest_ethernet(self, pk: bytes, meta: bytes) -> None:
+        """The fast path, inlined by hand: untagged or 802.1Q IPv4 TCP/UDP on known flows."""
+        now, tick, slow, account = self._now, self._tick, self._slow, self._account
+        tcp_get, udp_get = self._tables[TCP].get, self._tables[UDP].get
+        count, flags, last = self._count, self._flags, self._last
+        for sec, usec, off, cl in _meta_records(meta):
+            t = sec * US + usec
+            if not now <= t < tick:
+                t = self._clock(t, now)
+                tick = self._tick
+            now = t
+            d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
+            try:
+                if (cl > 53 and d[12] == 8 and d[13] == 0 and d[14] == 69 and not (d[20] & 63 or d[21])
+                        and (d[16] or d[17])):
+                    p = d[23]
+                    if p == 6:
+                        k = d[26:38]
+                        f = d[47]
+                        j = tcp_get(k)
+                        if j is not None and not f & 7:
+                            count[j] += d[16] << 36 | d[17] << 28 | 1
+                            flags[j] |= f
+                            last[j] = t
+                        else:
+                            account(TCP, k, d[16] << 8 | d[17], f, d[:12], t)
+                        continue
+                    if p == 17:
+                        k = d[26:38]
+                        j = udp_get(k)
+                        if j is not None:
+                            count[j] += d[16] << 36 | d[17] << 28 | 1
+                            last[j] = t
+                            continue
+                elif (cl > 57 and d[12] == 129 and d[13] == 0 and d[14] < 16 and d[16] == 8 and d[17] == 0
+                      and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21])):
+                    p = d[27]
+                    if p == 6:
+                        k = d[30:42] + d[14:16]
+                        f = d[51]
+                        j = tcp_get(k)
+                        if j is not None and not f & 7:
+                            count[j] += d[20] << 36 | d[21] << 28 | 1
+                            flags[j] |= f
+                            last[j] = t
+                        else:
+                            account(TCP, k, d[20] << 8 | d[21], f, d[:12], t)
+                        continue
+                    if p == 17:
+                        k = d[30:42] + d[14:16]
+                        j = udp_get(k)
+                        if j is not None:
+                            count[j] += d[20] << 36 | d[21] << 28 | 1
+                            last[j] = t
+                            continue
+                slow(pk[off:off + cl], t)
+            except OverflowError:
+                self._cut_and_retry(pk[off:off + cl], t)
+        self._now = now
+
+    # ---- the general path ----------------------------------------------------------------------
+    def _slow(self, frame: bytes, t: int) -> None:
+        """Every frame the fast path does not take, new UDP flows included (they may be tunnels)."""
+        result = decode_frame(frame, self.linktype)
+        if type(result) is tuple:
+            self._account(result[0], result[1], result[2], result[3], result[4], t)
+            if result[5] is not None:
+                self._decapsulated(result[5], t)
+        elif type(result) is int:
+            self._counters.add("non_ip." + ethertype_name(result))
+        elif result == FRAGMENT:
+            self._counters.add("ip_fragments")
+        else:
+            self._counters.add(f"skipped.{result}")
+
+    def _decapsulated(self, inner: Result | None, t: int) -> None:
+        """A tunnelled packet also joins its own flow; the frame is accounted once, by its outer flow."""
+        while type(inner) is tuple:
+            self._account(inner[0], inner[1], inner[2], inner[3], inner[4], t)
+            self._counters.add("decapsulated")
+            inner = inner[5]
+        if inner is not None:
+            self._counters.add("tunnel_inner_not_counted")
+
+    def _account(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int) -> None:
+        j = self._tables[table].get(key)
+        if j is not None and table == TCP and tcp_flags & 7:
+            j = self._tcp_control(j, tcp_flags, t)
+        if j is None:
+            self._open(table, key, iplen, tcp_flags, macs, t)
+            return
+        try:
+            self._count[j] += iplen << PKT_BITS | 1
+        except OverflowError:
+            self._end(j >> 1, "active")
+            self._open(table, key, iplen, tcp_flags, macs, t)
+            return
+        self._flags[j] |= tcp_flags
+        self._last[j] = t
+
+    def _cut_and_retry(self, frame: bytes, t: int) -> None:
+        """A byte counter would overflow: close that flow as `active` and count the packet afresh."""
+        self._counters.add("flows.counter_overflow")
+        self._slow(frame, t)
+
+    def _tcp_control(self, j: int, tcp_flags: int, t: int) -> int | None:
+        """SYN, FIN or RST on a known flow; returns the number to count into (None: a new flow)."""
+        slot = j >> 1
+        if tcp_flags & 0x12 == 0x02 and self._state[slot] == CLOSING:
+            self._end(slot, "rst" if (self._flags[j] | self._flags[j ^ 1]) & 4 else "fin")
+            return None  # a fresh SYN on a closing connection: the port was reused
+        if tcp_flags & 5 and self._state[slot] == OPEN:
+            self._state[slot] = CLOSING
+            self._schedule(j & ~1, (t + self._grace) // US + 1)
+        return j
+
+    def _open(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int) -> None:
+        if self.live >= self._max_flows:
+            self._evict()
+        rkey = reverse_key(table, key)
+        swapped = table == TCP and tcp_flags & 0x12 == 0x12  # a SYN-ACK seen first: its receiver began
+        if self._continuing:
+            swapped = self._continued_orientation(key, rkey, swapped)
+        slot = self._allocate()
+        ja = slot << 1
+        a_key, b_key = (rkey, key) if swapped else (key, rkey)
+        tab = self._tables[table]
+        tab[a_key] = ja
+        if b_key != a_key:
+            tab[b_key] = ja + 1
+        self._keys[ja], self._keys[ja + 1] = a_key, b_key
+        j = ja + 1 if swapped and b_key != a_key else ja
+        self._count[ja] = self._count[ja + 1] = 0
+        self._flags[ja] = self._flags[ja + 1] = 0
+        self._last[ja] = self._last[ja + 1] = t
+        self._count[j] = iplen << PKT_BITS | 1
+        self._flags[j] = tcp_flags
+        if macs:
+            self._macs[12 * slot:12 * slot + 12] = macs if swapped else macs[6:12] + macs[:6]
+        else:
+            self._macs[12 * slot:12 * slot + 12] = bytes(12)
+        self._first[slot] = t
+        self._table_of[slot] = table
+        self._state[slot] = OPEN
+        self.live += 1
+        if self.live > self.peak_live:
+            self.peak_live = self.live
+        self._schedule(ja, min(t + self._idle, t + self._active) // US + 1)
+        if tcp_flags & 5 and table == TCP:
+            self._state[slot] = CLOSING
+            self._schedule(ja, (t + self._grace) // US + 1)
+
+    def _continued_orientation(self, key: bytes, rkey: bytes, swapped: bool) -> bool:
+        if self._continuing.pop(key, None) is not None:
+            return False
+        if self._continuing.pop(rkey, None) is not None:
+            return True
+        return swapped
+
+    def _allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot = len(self._first)
+        self._count.extend((0, 0))
+        self._flags.extend(b"\0\0")
+        self._last.extend((0, 0))
+        self._keys.extend((b"", b""))
+        self._macs.extend(bytes(12))
+        self._first.append(0)
+        self._due.append(0)
+        self._state.append(FREE)
+        self._table_of.append(0)
+        return slot
+
+    # ---- time and expiry -----------------------------------------------------------------------
+    def _clock(self, t: int, now: int) -> int:
+        """A packet outside the current second: clamp a step back, or run the wheel forward."""
+        if t < now:
+            self._counters.add("clock.backwards")
+            return now
+        target = t // US
+        if self._second < 0:
+            self._second = self._evict_cursor = target
+        second = max(self._second, target - self._wheel_size)
+        while second < target:
+            second += 1
+            self._visit(second)
+        self._second = self._evict_cursor = target
+        self._tick = (target + 1) * US
+        return t
+
+    def _schedule(self, ja: int, second: int) -> None:
+        self._due[ja >> 1] = second
+        self._wheel[second % self._wheel_size].append(ja)
+
+    def _deadline(self, slot: int) -> tuple[int, str]:
+        ja = slot << 1
+        last_a, last_b = self._last[ja], self._last[ja + 1]
+        last = last_a if last_a > last_b else last_b
+        if self._state[slot] == CLOSING:
+            reason = "rst" if (self._flags[ja] | self._flags[ja + 1]) & 4 else "fin"
+            return last + self._grace, reason
+        idle_at, active_at = last + self._idle, self._first[slot] + self._active
+        return (idle_at, "idle") if idle_at <= active_at else (active_at, "active")
+
+    def _visit(self, second: int) -> None:
+        position = second % self._wheel_size
+        entries, self._wheel[position] = self._wheel[position], []
+        clock = second * US
+        state, due = self._state, self._due
+        for ja in entries:
+            slot = ja >> 1
+            if state[slot] == FREE or due[slot] > second:
+                continue  # stale: the flow ended or moved to a later slot
+            deadline, reason = self._deadline(slot)
+            if clock >= deadline:
+                self._end(slot, reason)
+            else:
+                self._schedule(ja, (deadline - 1) // US + 1)
+        if second % 64 == 0 and self._continuing:
+            horizon = second - self._idle // US
+            self._continuing = {k: s for k, s in self._continuing.items() if s >= horizon}
+
+    def _evict(self) -> None:
+        """Make room: end the flow nearest its own expiry (least recently active, 1 s resolution)."""
+        state, due = self._state, self._due
+        for _ in range(self._wheel_size):
+            entries = self._wheel[self._evict_cursor % self._wheel_size]
+            while entries:
+                ja = entries.pop()
+                slot = ja >> 1
+                if state[slot] == FREE or due[slot] != self._evict_cursor:
+                    continue
+                deadline, _ = self._deadline(slot)
+                real_due = (deadline - 1) // US + 1
+                if real_due > self._evict_cursor:
+                    self._schedule(ja, real_due)  # it was active since it was filed here
+                    continue
+                self._end(slot, "evicted")
+                return
+            self._evict_cursor += 1
+        live = next(s for s in range(len(state)) if state[s] != FREE)  # unreachable while filed right
+        self._end(live, "evicted")
+
+    def _end(self, slot: int, reason: str) -> None:
+        ja = slot << 1
+        table = self._table_of[slot]
+        tab = self._tables[table]
+        a_key, b_key = self._keys[ja], self._keys[ja + 1]
+        tab.pop(a_key, None)
+        tab.pop(b_key, None)
+        self._keys[ja] = self._keys[ja + 1] = b""
+        self._state[slot] = FREE
+        self._free.append(slot)
+        self.live -= 1
+        if reason == "active":
+            self._continuing[a_key] = self._last[ja] // US
+        self._counters.add("flows." + reason)
+        self._emit(self._record(slot, table, a_key, reason))
+
+    def _record(self, slot: int, table: int, a_key: bytes, reason: str) -> FlowRecord:
+        ja = slot << 1
+        proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
+        count_a, count_b = self._count[ja], self._count[ja + 1]
+        last_a, last_b = self._last[ja], self._last[ja + 1]
+        macs = self._macs[12 * slot:12 * slot + 12]
+        return FlowRecord(
+            first=self._first[slot] / US,
+            last=(last_a if last_a > last_b else last_b) / US,
+            proto=proto,
+            a_ip=_address(a_ip),
+            a_port=a_port,
+            b_ip=_address(b_ip),
+            b_port=b_port,
+            a_mac=_mac(bytes(macs[:6])),
+            b_mac=_mac(bytes(macs[6:])),
+            vlan=vlans,
+            a_pkts=count_a & PKT_MASK,
+            b_pkts=count_b & PKT_MASK,
+            a_bytes=count_a >> PKT_BITS,
+            b_bytes=count_b >> PKT_BITS,
+            a_flags=flag_letters(self._flags[ja]) if table == TCP else "",
+            b_flags=flag_letters(self._flags[ja + 1]) if table == TCP else "",
+            end=reason,
+        )
+
+    def flush(self, reason: str = "end") -> None:
+        """End every live flow (end of capture or shutdown), oldest first."""
+        for slot in sorted((s for s in range(len(self._state)) if self._state[s] != FREE),
+                           key=lambda s: (self._first[s], s)):
+            self._end(slot, reason)
+        self._continuing.clear()
