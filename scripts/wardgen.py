@@ -6,6 +6,7 @@ Usable as a module (packet builders, conversation helpers, pcap/pcapng writers) 
     python scripts/wardgen.py sample OUT.pcap          # a few hundred packets, README demo
     python scripts/wardgen.py bench-flows OUT.pcap     # ~1 M packets, ~50 k flows
     python scripts/wardgen.py bench-churn OUT.pcap     # ~500 k packets, ~200 k flows
+    python scripts/wardgen.py edge OUT.pcap            # a dozen frames that are easy to miscount
     options: --seed N (1)  --snaplen N (65535)  --scale F (benches only)
              --linktype {1,113,101,0} (re-wrap for SLL, raw IP, BSD loopback)  --pcapng
 
@@ -893,10 +894,36 @@ def _conversations(w: _World, flows: int, span: float,
         t += w.rng.expovariate(1.0) * span * max(n, 1) / flows
 
 
+def edge() -> Iterator[Pkt]:
+    """Frames whose accounting is easy to get wrong: an ICMP error quoting UDP, IPv4 fragments,
+    IP-in-IP, GRE and VXLAN tunnels, a TSO frame (IPv4 total length 0), QinQ and IPv6."""
+    a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
+    inner = ipv4("192.168.1.1", "192.168.1.2", 6, tcp(1234, 80, 1, 0, 0x02))
+    query = ipv4("10.0.0.1", "10.0.0.2", 17, udp(5000, 53, b"q" * 20))
+    tso = bytearray(ipv4("10.6.0.1", "10.6.0.2", 6, tcp(1111, 2222, 1, 1, 0x10, b"y" * 100)))
+    tso[2:4] = b"\0\0"
+    vxlan = b"\x08\0\0\0\0\0\x64\0" + ether(b, a, 0x0800, inner, pad=False)
+    big = udp(6000, 7000, b"x" * 3000)
+    frames = [
+        ether(b, a, 0x0800, query),
+        ether(a, b, 0x0800, ipv4("10.0.0.2", "10.0.0.1", 1, icmp(3, 3, bytes(4) + query[:28]))),
+        *(ether(b, a, 0x0800, f) for f in fragment("10.0.0.3", "10.0.0.4", 17, big, 77)),
+        ether(b, a, 0x0800, ipv4("10.9.0.1", "10.9.0.2", 4, inner)),
+        ether(b, a, 0x0800, ipv4("10.8.0.1", "10.8.0.2", 47, b"\0\0\x08\0" + inner)),
+        ether(b, a, 0x0800, ipv4("10.7.0.1", "10.7.0.2", 17, udp(40000, 4789, vxlan))),
+        ether(b, a, 0x0800, ipv4("10.5.0.1", "10.5.0.2", 17, udp(7, 7, b"z")), vlans=(100, 30)),
+        ether(b, a, 0x86DD, ipv6("fd00::1", "fd00::2", 17, udp(9, 9, b"v"))),
+        ether(b, a, 0x0800, bytes(tso)),
+    ]
+    return ((EPOCH + i / 100, frame) for i, frame in enumerate(frames))
+
+
 def scenario(name: str, seed: int = 1, scale: float = 1.0) -> Iterator[Pkt]:
     """Packets of a named scenario (see the module docstring); scale applies to the benches."""
     if name == "sample":
         return sample(seed)
+    if name == "edge":
+        return edge()
     flows, span, mix = _BENCHES[name]
     world = _World(random.Random(seed), EPOCH + span)
     return merge(_conversations(world, max(1, round(flows * scale)), span, mix))
@@ -904,7 +931,7 @@ def scenario(name: str, seed: int = 1, scale: float = 1.0) -> Iterator[Pkt]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write a deterministic synthetic ward capture.")
-    ap.add_argument("scenario", choices=("sample", *_BENCHES))
+    ap.add_argument("scenario", choices=("sample", "edge", *_BENCHES))
     ap.add_argument("out", help="output file")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--snaplen", type=int, default=65535)
