@@ -8,6 +8,8 @@ byte counts downstream come from the IP headers.
 
 from __future__ import annotations
 
+import select
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,11 +56,16 @@ class _StatsDelta:
 class Capture:
     """One open capture; use `open_offline` or `open_live` to make one."""
 
-    def __init__(self, reader: Any, name: str, live: bool, batch_size: int) -> None:
+    def __init__(self, reader: Any, name: str, live: bool, batch_size: int, bpf: str = "") -> None:
         self._reader = reader
         self.name = name
         self.live = live
         self.batch_size = batch_size
+        self._bpf = bpf
+        self._delivered = 0
+        self.error: str | None = None  # why an offline read stopped before the end of the file
+        self._poll: select.poll | None = None
+        self._timeout_ms = 0
         self.linktype: int = reader.datalink()
         self._stats = _StatsDelta()
         if self.linktype not in SUPPORTED_LINKTYPES:
@@ -66,11 +73,57 @@ class Capture:
             raise CaptureError(f"{name}: link type {self.linktype} is not supported")
 
     def next_batch(self) -> tuple[bytes, bytes]:
+        if self.error is not None:
+            return b"", b""
+        if self._poll is not None:
+            self._poll.poll(self._timeout_ms)
         try:
             packets, meta = self._reader.next_batch(self.batch_size)
         except pcapy.PcapError as exc:
-            raise CaptureError(f"{self.name}: {exc}") from exc
+            if self.live:
+                raise CaptureError(f"{self.name}: {exc}") from exc
+            return self._salvage(exc)
+        self._delivered += len(meta) // 16
         return packets, bytes(meta)
+
+    def _salvage(self, failure: pcapy.PcapError) -> tuple[bytes, bytes]:
+        """A damaged file: keep every packet before the damage, which the failed batch swallowed.
+
+        The file is reopened, the packets already delivered are skipped, and the rest are read one
+        by one up to the damage. `error` then says why the file ended early.
+        """
+        self.error = f"{self.name}: {failure}"
+        chunks: list[bytes] = []
+        meta = bytearray()
+        offset = 0
+        try:
+            reader = pcapy.open_offline(self.name)
+            if self._bpf:
+                reader.setfilter(self._bpf)
+            for index in range(self._delivered + self.batch_size):
+                header, data = reader.next()
+                if header is None:
+                    break
+                if index >= self._delivered:
+                    seconds, micros = header.getts()
+                    meta += struct.pack("=IIII", seconds, micros, offset, len(data))
+                    chunks.append(data)
+                    offset += len(data)
+        except pcapy.PcapError:
+            pass
+        self._delivered += len(meta) // 16
+        return b"".join(chunks), bytes(meta)
+
+    def _wait_at_most(self, timeout_ms: int) -> None:
+        """Live reads return after `timeout_ms` even on a silent link.
+
+        libpcap's own timeout only starts with the first packet on Linux (TPACKET_V3), so a quiet
+        mirror port would block a read forever; the handle is non-blocking and we poll its fd.
+        """
+        self._reader.setnonblock(1)
+        self._poll = select.poll()
+        self._poll.register(self._reader.getfd(), select.POLLIN)
+        self._timeout_ms = timeout_ms
 
     def kernel_stats(self) -> KernelStats:
         """Packets received and dropped since the previous call (live only; zeros for files)."""
@@ -97,7 +150,7 @@ def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
             reader.setfilter(bpf)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: {exc}") from exc
-    return Capture(reader, path, live=False, batch_size=batch_size)
+    return Capture(reader, path, live=False, batch_size=batch_size, bpf=bpf)
 
 
 def open_live(settings: LiveSettings, batch_size: int = 1024) -> Capture:
@@ -113,4 +166,6 @@ def open_live(settings: LiveSettings, batch_size: int = 1024) -> Capture:
             reader.setfilter(settings.bpf)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{settings.interface}: {exc}") from exc
-    return Capture(reader, settings.interface, live=True, batch_size=batch_size)
+    live = Capture(reader, settings.interface, live=True, batch_size=batch_size)
+    live._wait_at_most(settings.timeout_ms)
+    return live

@@ -14,6 +14,7 @@ flow, and the type and code stand in for the ports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 TCP: Final = 0
@@ -127,8 +128,10 @@ def _ethertype(frame: bytes, at: int, pos: int, macs: bytes, depth: int) -> Resu
         vlans.append(int.from_bytes(frame[pos:pos + 2], "big") & 0x0FFF)
         etype = int.from_bytes(frame[pos + 2:pos + 4], "big")
         pos += 4
-    if etype in (0x0800, 0x86DD):
-        return _ip(frame, pos, vlans, macs, depth)
+    if etype == 0x0800:
+        return _ipv4(frame, pos, _tags(vlans), macs, depth)
+    if etype == 0x86DD:
+        return _ipv6(frame, pos, _tags(vlans), macs, depth)
     if etype in (0x8847, 0x8848):
         return _mpls(frame, pos, vlans, macs, depth)
     if etype == 0x8864 and frame[pos + 6:pos + 8] in (b"\x00\x21", b"\x00\x57"):
@@ -165,6 +168,8 @@ def _ip(frame: bytes, pos: int, vlans: list[int] | tuple[int, ...], macs: bytes,
 def _ipv4(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Result:
     if len(frame) < pos + 20:
         return "truncated_ipv4"
+    if frame[pos] >> 4 != 4:
+        return "bad_ip_version"
     ihl = (frame[pos] & 0x0F) * 4
     total = int.from_bytes(frame[pos + 2:pos + 4], "big")
     if total == 0:  # TCP segmentation offload on the capturing host: trust the captured length
@@ -182,6 +187,8 @@ def _ipv4(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Resul
 def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Result:
     if len(frame) < pos + 40:
         return "truncated_ipv6"
+    if frame[pos] >> 4 != 6:
+        return "bad_ip_version"
     total = 40 + int.from_bytes(frame[pos + 4:pos + 6], "big")
     src, dst = frame[pos + 8:pos + 24], frame[pos + 24:pos + 40]
     nxt = frame[pos + 6]
@@ -197,6 +204,8 @@ def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Resul
             if len(frame) < at + 2:
                 return "truncated_ipv6"
             size = (frame[at + 1] + 2) * 4 if nxt == 51 else (frame[at + 1] + 1) * 8
+            if len(frame) < at + size:
+                return "truncated_ipv6"
             nxt, at = frame[at], at + size
         else:
             return _transport(frame, at, nxt, (src, dst, total, tags, macs), depth)
@@ -215,8 +224,10 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
         key = src + dst + sport + dport + tags
         if proto == 6:
             return (TCP, key, total, frame[at + 13], macs, None)
-        inner = _udp_tunnel(frame, at + 8, sport, dport, depth)
-        return (UDP if inner is None else TUNNEL, key, total, 0, macs, inner)
+        port = _tunnel_port(sport, dport)
+        if port is None:
+            return (UDP, key, total, 0, macs, None)
+        return (TUNNEL, key, total, 0, macs, _inner(_udp_tunnel, frame, at + 8, port, depth))
     head = proto.to_bytes(1, "big")
     if proto == 1 or proto == 58:
         if len(frame) < at + 2:
@@ -224,8 +235,26 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
         requests = _ICMP_REQUEST_OF if proto == 1 else _ICMP6_REQUEST_OF
         kind = requests.get(frame[at], frame[at]).to_bytes(1, "big") + frame[at + 1:at + 2]
         return (OTHER, head + src + dst + kind + tags, total, 0, macs, None)
-    inner = _ip_tunnel(frame, at, proto, depth) if depth < MAX_TUNNEL_DEPTH else None
-    return (OTHER, head + src + dst + tags, total, 0, macs, inner)
+    return (OTHER, head + src + dst + tags, total, 0, macs, _inner(_ip_tunnel, frame, at, proto, depth))
+
+
+def _inner(opener: Callable[[bytes, int, int, int], Result | None], frame: bytes, at: int, kind: int,
+           depth: int) -> Result | None:
+    """The tunnelled packet; a damaged one is reported as such and never costs the outer flow."""
+    if depth >= MAX_TUNNEL_DEPTH:
+        return None
+    try:
+        return opener(frame, at, kind, depth)
+    except (IndexError, ValueError):
+        return "malformed"
+
+
+def _tunnel_port(sport: bytes, dport: bytes) -> int | None:
+    """The tunnel a UDP flow carries, by registered port alone, so every packet lands in one table."""
+    for port in (int.from_bytes(dport, "big"), int.from_bytes(sport, "big")):
+        if port in TUNNEL_PORTS:
+            return port
+    return None
 
 
 def _ip_tunnel(frame: bytes, at: int, proto: int, depth: int) -> Result | None:
@@ -248,15 +277,8 @@ def _ip_tunnel(frame: bytes, at: int, proto: int, depth: int) -> Result | None:
     return None
 
 
-def _udp_tunnel(frame: bytes, at: int, sport: bytes, dport: bytes, depth: int) -> Result | None:
-    """The packet inside VXLAN, GENEVE, Teredo or GTP-U, by their registered ports."""
-    if depth >= MAX_TUNNEL_DEPTH:
-        return None
-    port = int.from_bytes(dport, "big")
-    if port not in TUNNEL_PORTS:
-        port = int.from_bytes(sport, "big")
-        if port not in TUNNEL_PORTS:
-            return None
+def _udp_tunnel(frame: bytes, at: int, port: int, depth: int) -> Result | None:
+    """The packet inside VXLAN, GENEVE, Teredo or GTP-U."""
     if len(frame) < at + 8:
         return None
     if port == _VXLAN:

@@ -142,7 +142,7 @@ class FlowTable:
             d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
             try:
                 if (cl > 53 and d[12] == 8 and d[13] == 0 and d[14] == 69 and not (d[20] & 63 or d[21])
-                        and (d[16] or d[17])):
+                        and (d[16] or d[17] > 19)):
                     p = d[23]
                     if p == 6:
                         k = d[26:38]
@@ -163,7 +163,7 @@ class FlowTable:
                             last[j] = t
                             continue
                 elif (cl > 57 and d[12] == 129 and d[13] == 0 and d[14] < 16 and d[16] == 8 and d[17] == 0
-                      and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21])):
+                      and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 19)):
                     p = d[27]
                     if p == 6:
                         k = d[30:42] + d[14:16]
@@ -184,8 +184,8 @@ class FlowTable:
                             last[j] = t
                             continue
                 slow(pk[off:off + cl], t)
-            except OverflowError:
-                self._cut_and_retry(pk[off:off + cl], t)
+            except OverflowError:  # a byte counter is full: _account cuts that flow and starts afresh
+                slow(pk[off:off + cl], t)
         self._now = now
 
     # ---- the general path ----------------------------------------------------------------------
@@ -222,16 +222,12 @@ class FlowTable:
         try:
             self._count[j] += iplen << PKT_BITS | 1
         except OverflowError:
+            self._counters.add("counter_overflow")
             self._end(j >> 1, "active")
             self._open(table, key, iplen, tcp_flags, macs, t)
             return
         self._flags[j] |= tcp_flags
         self._last[j] = t
-
-    def _cut_and_retry(self, frame: bytes, t: int) -> None:
-        """A byte counter would overflow: close that flow as `active` and count the packet afresh."""
-        self._counters.add("flows.counter_overflow")
-        self._slow(frame, t)
 
     def _tcp_control(self, j: int, tcp_flags: int, t: int) -> int | None:
         """SYN, FIN or RST on a known flow; returns the number to count into (None: a new flow)."""
@@ -352,25 +348,31 @@ class FlowTable:
             self._continuing = {k: s for k, s in self._continuing.items() if s >= horizon}
 
     def _evict(self) -> None:
-        """Make room: end the flow nearest its own expiry (least recently active, 1 s resolution)."""
-        state, due = self._state, self._due
-        for _ in range(self._wheel_size):
-            entries = self._wheel[self._evict_cursor % self._wheel_size]
+        """Make room: end a closing flow, else the least recently active one (1 s resolution).
+
+        The wheel is walked from now on. A flow filed early for its active-timeout cut but still
+        sending is moved to the slot where it would go idle (under this pressure its cut may
+        come late); the first flow found that is closing or idle by its slot is evicted.
+        """
+        state, due, limit = self._state, self._due, self._second + self._wheel_size
+        while self._evict_cursor < limit:
+            cursor = self._evict_cursor
+            entries = self._wheel[cursor % self._wheel_size]
             while entries:
                 ja = entries.pop()
                 slot = ja >> 1
-                if state[slot] == FREE or due[slot] != self._evict_cursor:
+                if state[slot] == FREE or due[slot] != cursor:
                     continue
-                deadline, _ = self._deadline(slot)
-                real_due = (deadline - 1) // US + 1
-                if real_due > self._evict_cursor:
-                    self._schedule(ja, real_due)  # it was active since it was filed here
+                last_a, last_b = self._last[ja], self._last[ja + 1]
+                idle_due = ((last_a if last_a > last_b else last_b) + self._idle - 1) // US + 1
+                if state[slot] == OPEN and idle_due > cursor:
+                    self._schedule(ja, idle_due)
                     continue
                 self._end(slot, "evicted")
                 return
             self._evict_cursor += 1
-        live = next(s for s in range(len(state)) if state[s] != FREE)  # unreachable while filed right
-        self._end(live, "evicted")
+        live = [s for s in range(len(state)) if state[s] != FREE]  # every filed entry was moved on
+        self._end(min(live, key=lambda s: max(self._last[2 * s], self._last[2 * s + 1])), "evicted")
 
     def _end(self, slot: int, reason: str) -> None:
         ja = slot << 1

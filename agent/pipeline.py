@@ -89,6 +89,9 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
                     if not meta:
                         break
                     table.ingest(packets, meta)
+                if capture.error is not None:
+                    totals.capture_errors.append(capture.error)
+                    log.error("capture_damaged", capture=path, error=capture.error)
         except CaptureError as exc:
             totals.capture_errors.append(str(exc))
             log.error("capture_failed", capture=path, error=str(exc))

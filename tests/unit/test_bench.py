@@ -1,0 +1,57 @@
+"""Tests for the pure helpers of scripts/bench.py (the benchmark itself is run by hand)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import bench
+import wardgen
+
+SOFTFLOWD_EXIT = """Number of active flows: 0
+Packets processed: 20973
+Fragments: 60
+Ignored packets: 2264 (2264 non-IP, 0 too short)
+Flows expired: 1027 (3 forced)
+"""
+
+
+def test_parse_softflowd_stats() -> None:
+    assert bench.parse_softflowd_stats(SOFTFLOWD_EXIT) == {
+        "active_flows": 0, "processed": 20973, "fragments": 60, "ignored": 2264, "ignored_non_ip": 2264,
+        "ignored_too_short": 0, "flows_expired": 1027, "flows_forced": 3}
+    assert bench.parse_softflowd_stats("") == {}
+
+
+def test_count_pcap_and_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "s.pcap"
+    with wardgen.PcapWriter(path, snaplen=128) as writer:
+        n = writer.write_all(wardgen.scenario("sample"))
+    assert bench.count_pcap(path) == n
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(bench.BenchError, match="truncated"):
+        bench.count_pcap(path)
+
+
+def test_read_summary_takes_the_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"type":"flow"}\n{"type":"summary","frames":7,"peak_live_flows":3}\n\n')
+    assert bench.read_summary(path)["peak_live_flows"] == 3
+    path.write_text('{"type":"flow"}\n')
+    with pytest.raises(bench.BenchError, match="not a summary"):
+        bench.read_summary(path)
+
+
+def test_pipeline_seconds_from_log() -> None:
+    line = json.dumps({"frames": 1, "seconds": 1.25, "event": "replay_done"})
+    assert bench.pipeline_seconds(f"noise\n{line}\n") == 1.25
+    assert bench.pipeline_seconds("replay_done seconds=1.25") is None
+
+
+def test_capture_path_names_the_parameters(tmp_path: Path) -> None:
+    params = bench.capture_params("bench-churn", 3, 0.05, 256)
+    assert bench.capture_path(tmp_path, params).name == "bench-churn-seed3-scale0p05-snap256.pcap"
