@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 import structlog
@@ -42,17 +42,22 @@ def _output(path: str | None, dash: TextIO) -> Iterator[TextIO | None]:
             yield stream
 
 
+def _fan_out(sinks: list[Callable[[FlowRecord], None]]) -> Callable[[FlowRecord], None]:
+    def each(record: FlowRecord) -> None:
+        for sink in sinks:
+            sink(record)
+    return each
+
+
 def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     log = structlog.get_logger("agent.cli")
     tally = FlowTally()
     with _output(args.emit, sys.stdout) as out, _output(args.report, sys.stderr) as report:
         writer = JsonLines(out) if out is not None else None
-
-        def on_flow(record: FlowRecord) -> None:
-            tally.flow(record)
-            if writer is not None:
-                writer.flow(record)
-
+        sinks: list[Callable[[FlowRecord], None]] = [tally.flow] if report is not None else []
+        if writer is not None:
+            sinks.append(writer.flow)
+        on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
         totals = replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path)
         summary = totals.summary()
         if writer is not None:

@@ -356,18 +356,19 @@ def describe_key(table: int, key: bytes) -> tuple[str | int, bytes, int, bytes, 
     if table == OTHER:
         proto = key[0]
         width = _other_addr_width(key)
-        src, dst = key[1:1 + width], key[1 + width:1 + 2 * width]
-        rest = key[1 + 2 * width:]
+        at = 1 + 2 * width
+        src, dst = key[1:1 + width], key[1 + width:at]
         a_port = b_port = 0
-        if proto in (1, 58):
-            a_port, b_port, rest = rest[0], rest[1], rest[2:]
+        if proto == 1 or proto == 58:
+            a_port, b_port, at = key[at], key[at + 1], at + 2
         name: str | int = PROTO_NAMES.get(proto, proto)
     else:
-        width = 4 if (len(key) - 12) < 24 else 16
+        width = 4 if len(key) < 36 else 16
+        at = 2 * width + 4
         src, dst = key[:width], key[width:2 * width]
-        a_port = int.from_bytes(key[2 * width:2 * width + 2], "big")
-        b_port = int.from_bytes(key[2 * width + 2:2 * width + 4], "big")
-        rest = key[2 * width + 4:]
+        a_port = key[at - 4] << 8 | key[at - 3]
+        b_port = key[at - 2] << 8 | key[at - 1]
         name = "tcp" if table == TCP else "udp"  # TUNNEL keys are UDP keys
-    vlans = tuple(int.from_bytes(rest[i:i + 2], "big") for i in range(0, len(rest), 2))
-    return name, src, a_port, dst, b_port, vlans
+    if at == len(key):
+        return name, src, a_port, dst, b_port, ()
+    return name, src, a_port, dst, b_port, tuple(key[i] << 8 | key[i + 1] for i in range(at, len(key), 2))

@@ -29,6 +29,7 @@ from agent.decode import (
     DLT_EN10MB,
     FRAGMENT,
     TCP,
+    TUNNEL_PORTS,
     UDP,
     Result,
     decode_frame,
@@ -61,12 +62,12 @@ def flag_letters(flags: int) -> str:
     return "".join(letter for letter, bit in _FLAG_LETTERS if flags & bit)
 
 
-def _mac(raw: bytes) -> str | None:
-    return None if raw == b"\0\0\0\0\0\0" else raw.hex(":")
+_FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
+_NO_MAC: Final = bytes(6)
 
 
 def _address(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+    return socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
 
 
 class FlowTable:
@@ -92,7 +93,7 @@ class FlowTable:
         self._keys: list[bytes] = []
         self._macs = bytearray()  # 12 bytes a slot: a MAC then b MAC
         self._first = array("Q")
-        self._due = array("Q")
+        self._due = array("I")  # packet-time second of the wheel slot a flow is filed in
         self._state = bytearray()
         self._table_of = bytearray()
         self._free: list[int] = []
@@ -163,7 +164,11 @@ class FlowTable:
                         if j is not None:
                             count[j] += d[16] << 36 | d[17] << 28 | 1
                             last[j] = t
-                            continue
+                        elif d[34] << 8 | d[35] in TUNNEL_PORTS or d[36] << 8 | d[37] in TUNNEL_PORTS:
+                            slow(pk[off:off + cl], t)
+                        else:
+                            account(UDP, k, d[16] << 8 | d[17], 0, d[:12], t)
+                        continue
                 elif (cl > 57 and d[12] == 129 and d[13] == 0 and d[14] < 16 and d[16] == 8 and d[17] == 0
                       and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 19)):
                     p = d[27]
@@ -184,7 +189,11 @@ class FlowTable:
                         if j is not None:
                             count[j] += d[20] << 36 | d[21] << 28 | 1
                             last[j] = t
-                            continue
+                        elif d[38] << 8 | d[39] in TUNNEL_PORTS or d[40] << 8 | d[41] in TUNNEL_PORTS:
+                            slow(pk[off:off + cl], t)
+                        else:
+                            account(UDP, k, d[20] << 8 | d[21], 0, d[:12], t)
+                        continue
                 slow(pk[off:off + cl], t)
             except OverflowError:  # a byte counter is full: _account cuts that flow and starts afresh
                 slow(pk[off:off + cl], t)
@@ -249,34 +258,36 @@ class FlowTable:
         swapped = table == TCP and tcp_flags & 0x12 == 0x12  # a SYN-ACK seen first: its receiver began
         if self._continuing:
             swapped = self._continued_orientation(key, rkey, swapped)
-        slot = self._allocate()
+        slot = self._free.pop() if self._free else self._allocate()
         ja = slot << 1
         a_key, b_key = (rkey, key) if swapped else (key, rkey)
         tab = self._tables[table]
         tab[a_key] = ja
         if b_key != a_key:
             tab[b_key] = ja + 1
-        self._keys[ja], self._keys[ja + 1] = a_key, b_key
-        j = ja + 1 if swapped and b_key != a_key else ja
-        self._count[ja] = self._count[ja + 1] = 0
-        self._flags[ja] = self._flags[ja + 1] = 0
-        self._last[ja] = self._last[ja + 1] = t
-        self._count[j] = iplen << PKT_BITS | 1
-        self._flags[j] = tcp_flags
-        if macs:
-            self._macs[12 * slot:12 * slot + 12] = macs if swapped else macs[6:12] + macs[:6]
-        else:
-            self._macs[12 * slot:12 * slot + 12] = bytes(12)
+        keys, count, flags, last = self._keys, self._count, self._flags, self._last
+        keys[ja] = a_key
+        keys[ja + 1] = b_key
+        j, other = (ja + 1, ja) if swapped and b_key != a_key else (ja, ja + 1)
+        count[j] = iplen << PKT_BITS | 1
+        count[other] = 0
+        flags[j] = tcp_flags
+        flags[other] = 0
+        last[ja] = last[ja + 1] = t
+        if not macs:
+            macs = bytes(12)
+        self._macs[12 * slot:12 * slot + 12] = macs if swapped else macs[6:12] + macs[:6]
         self._first[slot] = t
         self._table_of[slot] = table
-        self._state[slot] = OPEN
         self.live += 1
         if self.live > self.peak_live:
             self.peak_live = self.live
-        self._schedule(ja, min(t + self._idle, t + self._active) // US + 1)
         if tcp_flags & 5 and table == TCP:
             self._state[slot] = CLOSING
             self._schedule(ja, (t + self._grace) // US + 1)
+        else:
+            self._state[slot] = OPEN
+            self._schedule(ja, (t + self._idle) // US + 1)
 
     def _continued_orientation(self, key: bytes, rkey: bytes, swapped: bool) -> bool:
         if self._continuing.pop(key, None) is not None:
@@ -286,8 +297,7 @@ class FlowTable:
         return swapped
 
     def _allocate(self) -> int:
-        if self._free:
-            return self._free.pop()
+        """A new slot at the end of every column (freed slots are reused first, by _open)."""
         slot = len(self._first)
         self._count.extend((0, 0))
         self._flags.extend(b"\0\0")
@@ -397,30 +407,33 @@ class FlowTable:
         proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
         count_a, count_b = self._count[ja], self._count[ja + 1]
         last_a, last_b = self._last[ja], self._last[ja + 1]
-        macs = self._macs[12 * slot:12 * slot + 12]
+        macs = bytes(self._macs[12 * slot:12 * slot + 12])
+        a_mac, b_mac = macs[:6], macs[6:]
+        tcp = table == TCP
         return FlowRecord(
-            first=self._first[slot] / US,
-            last=(last_a if last_a > last_b else last_b) / US,
-            proto=proto,
-            a_ip=_address(a_ip),
-            a_port=a_port,
-            b_ip=_address(b_ip),
-            b_port=b_port,
-            a_mac=_mac(bytes(macs[:6])),
-            b_mac=_mac(bytes(macs[6:])),
-            vlan=vlans,
-            a_pkts=count_a & PKT_MASK,
-            b_pkts=count_b & PKT_MASK,
-            a_bytes=count_a >> PKT_BITS,
-            b_bytes=count_b >> PKT_BITS,
-            a_flags=flag_letters(self._flags[ja]) if table == TCP else "",
-            b_flags=flag_letters(self._flags[ja + 1]) if table == TCP else "",
-            end=reason,
+            self._first[slot] / US,
+            (last_a if last_a > last_b else last_b) / US,
+            proto,
+            _address(a_ip),
+            a_port,
+            _address(b_ip),
+            b_port,
+            None if a_mac == _NO_MAC else a_mac.hex(":"),
+            None if b_mac == _NO_MAC else b_mac.hex(":"),
+            vlans,
+            count_a & PKT_MASK,
+            count_b & PKT_MASK,
+            count_a >> PKT_BITS,
+            count_b >> PKT_BITS,
+            _FLAG_STRINGS[self._flags[ja]] if tcp else "",
+            _FLAG_STRINGS[self._flags[ja + 1]] if tcp else "",
+            reason,
         )
 
     def flush(self, reason: str = "end") -> None:
-        """End every live flow (end of capture or shutdown), oldest first."""
-        for slot in sorted((s for s in range(len(self._state)) if self._state[s] != FREE),
-                           key=lambda s: (self._first[s], s)):
-            self._end(slot, reason)
+        """End every live flow (end of capture or shutdown), in table order: no memory needed."""
+        state = self._state
+        for slot in range(len(state)):
+            if state[slot] != FREE:
+                self._end(slot, reason)
         self._continuing.clear()

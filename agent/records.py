@@ -7,14 +7,17 @@ lower-case colon-separated hex, or None where the link layer carried none.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 END_REASONS = ("fin", "rst", "idle", "active", "evicted", "end")
 
 
-@dataclass(frozen=True, slots=True)
-class FlowRecord:
-    """One bidirectional flow; side a is the initiator."""
+class FlowRecord(NamedTuple):
+    """One bidirectional flow; side a is the initiator.
+
+    A NamedTuple rather than a frozen dataclass: equally immutable and plain, and built in 0.34 µs
+    instead of 2.2 µs, which matters at one record per flow (scripts/bench.py).
+    """
 
     first: float
     last: float
@@ -35,26 +38,9 @@ class FlowRecord:
     end: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "flow",
-            "first": self.first,
-            "last": self.last,
-            "proto": self.proto,
-            "a_ip": self.a_ip,
-            "a_port": self.a_port,
-            "b_ip": self.b_ip,
-            "b_port": self.b_port,
-            "a_mac": self.a_mac,
-            "b_mac": self.b_mac,
-            "vlan": list(self.vlan),
-            "a_pkts": self.a_pkts,
-            "b_pkts": self.b_pkts,
-            "a_bytes": self.a_bytes,
-            "b_bytes": self.b_bytes,
-            "a_flags": self.a_flags,
-            "b_flags": self.b_flags,
-            "end": self.end,
-        }
+        record: dict[str, Any] = {"type": "flow", **self._asdict()}
+        record["vlan"] = list(self.vlan)
+        return record
 
 
 @dataclass(slots=True)
