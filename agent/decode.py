@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from agent import dot11
+
 TCP: Final = 0
 UDP: Final = 1
 OTHER: Final = 2
@@ -55,10 +57,19 @@ LINKTYPE_RAW: Final = 101
 LINKTYPE_IPV4: Final = 228
 LINKTYPE_IPV6: Final = 229
 DLT_LINUX_SLL2: Final = 276
+DLT_PPP: Final = 9
+DLT_PPP_SERIAL: Final = 50
+DLT_PPP_ETHER: Final = 51
+DLT_C_HDLC: Final = 104
+DLT_IEEE802_11: Final = 105
+DLT_IEEE802_11_RADIO: Final = 127
+DLT_PPI: Final = 192
 SUPPORTED_LINKTYPES: Final = frozenset(
     {DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_RAW_OPENBSD, DLT_LOOP, DLT_LINUX_SLL, LINKTYPE_RAW,
-     LINKTYPE_IPV4, LINKTYPE_IPV6, DLT_LINUX_SLL2}
+     LINKTYPE_IPV4, LINKTYPE_IPV6, DLT_LINUX_SLL2, DLT_PPP, DLT_PPP_SERIAL, DLT_PPP_ETHER, DLT_C_HDLC,
+     DLT_IEEE802_11, DLT_IEEE802_11_RADIO, DLT_PPI}
 )
+PPP_OTHER: Final = -6  # a PPP frame that carries no IP (LCP, IPCP, CHAP ...)
 
 _VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _BSD_AF_INET6: Final = frozenset({10, 24, 28, 30})
@@ -96,7 +107,59 @@ def _decode(frame: bytes, linktype: int) -> Result:
             return "truncated_link"
         macs = bytes(6) + frame[12:18] if frame[11] == 6 else _NO_MACS
         return _ethertype(frame, 0, 20, macs, 0)
+    if linktype in (DLT_PPP, DLT_PPP_SERIAL):
+        return _ppp(frame, 0, (), _NO_MACS, 0)
+    if linktype == DLT_PPP_ETHER:
+        return _ppp(frame, 6, (), _NO_MACS, 0)
+    if linktype == DLT_C_HDLC:
+        return _ethertype(frame, 2, 4, _NO_MACS, 0) if len(frame) >= 4 else "truncated_link"
+    if linktype == DLT_IEEE802_11:
+        return _wlan(frame, 0)
+    if linktype == DLT_IEEE802_11_RADIO:
+        return _wlan(frame, dot11.radiotap_length(frame)) if len(frame) >= 4 else "truncated_link"
+    if linktype == DLT_PPI:
+        return _ppi(frame)
     return "unsupported_link"
+
+
+def _wlan(frame: bytes, at: int) -> Result:
+    payload = dot11.data_payload(frame, at)
+    if not isinstance(payload, tuple):
+        return payload
+    pos, macs = payload
+    if frame[pos:pos + 3] != b"\xaa\xaa\x03":
+        return LLC
+    return _ethertype(frame, pos + 6, pos + 8, macs, 0)
+
+
+def _ppi(frame: bytes) -> Result:
+    if len(frame) < 8:
+        return "truncated_link"
+    at, inner = frame[2] | frame[3] << 8, int.from_bytes(frame[4:8], "little")
+    if inner == DLT_IEEE802_11:
+        return _wlan(frame, at)
+    if inner == DLT_EN10MB:
+        return _ethernet(frame, at, 0)
+    return "unsupported_link"
+
+
+def _ppp(frame: bytes, at: int, vlans: list[int] | tuple[int, ...], macs: bytes, depth: int) -> Result:
+    """PPP in HDLC-like framing or bare, with or without protocol field compression."""
+    if frame[at:at + 2] == b"\xff\x03":
+        at += 2
+    if len(frame) < at + 2:
+        return "truncated_link"
+    if frame[at] & 1:
+        proto, at = frame[at], at + 1
+    else:
+        proto, at = frame[at] << 8 | frame[at + 1], at + 2
+    if proto == 0x21:
+        return _ipv4(frame, at, _tags(vlans), macs, depth)
+    if proto == 0x57:
+        return _ipv6(frame, at, _tags(vlans), macs, depth)
+    if proto == 0x281:
+        return _mpls(frame, at, list(vlans), macs, depth)
+    return PPP_OTHER
 
 
 def _loopback(frame: bytes, linktype: int) -> Result:
@@ -120,22 +183,31 @@ def _ethertype(frame: bytes, at: int, pos: int, macs: bytes, depth: int) -> Resu
     """Walk VLAN tags, MPLS and PPPoE from the ethertype at `at` (payload at `pos`) down to IP."""
     vlans: list[int] = []
     etype = int.from_bytes(frame[at:at + 2], "big")
-    while etype in _VLAN_TPIDS:
-        if len(vlans) == MAX_VLAN_TAGS:
-            return "too_many_vlan_tags"
-        if len(frame) < pos + 4:
-            return "truncated_link"
-        vlans.append(int.from_bytes(frame[pos:pos + 2], "big") & 0x0FFF)
-        etype = int.from_bytes(frame[pos + 2:pos + 4], "big")
-        pos += 4
+    for _ in range(MAX_VLAN_TAGS + 3):
+        if etype in _VLAN_TPIDS:
+            if len(vlans) == MAX_VLAN_TAGS:
+                return "too_many_vlan_tags"
+            if len(frame) < pos + 4:
+                return "truncated_link"
+            vlans.append(int.from_bytes(frame[pos:pos + 2], "big") & 0x0FFF)
+            etype, pos = int.from_bytes(frame[pos + 2:pos + 4], "big"), pos + 4
+        elif etype == 0x88E7:  # 802.1ah provider backbone: I-tag, then the customer's frame
+            if len(frame) < pos + 18:
+                return "truncated_link"
+            macs = frame[pos + 4:pos + 16]
+            etype, pos = int.from_bytes(frame[pos + 16:pos + 18], "big"), pos + 18
+        elif etype < 0x0600 and frame[pos:pos + 3] == b"\xaa\xaa\x03" and len(frame) >= pos + 8:
+            etype, pos = int.from_bytes(frame[pos + 6:pos + 8], "big"), pos + 8  # 802.3 with LLC/SNAP
+        else:
+            break
     if etype == 0x0800:
         return _ipv4(frame, pos, _tags(vlans), macs, depth)
     if etype == 0x86DD:
         return _ipv6(frame, pos, _tags(vlans), macs, depth)
     if etype in (0x8847, 0x8848):
         return _mpls(frame, pos, vlans, macs, depth)
-    if etype == 0x8864 and frame[pos + 6:pos + 8] in (b"\x00\x21", b"\x00\x57"):
-        return _ip(frame, pos + 8, vlans, macs, depth)
+    if etype == 0x8864:
+        return _ppp(frame, pos + 6, vlans, macs, depth)
     return LLC if etype < 0x0600 else etype
 
 
@@ -328,47 +400,3 @@ def _gtp_u(frame: bytes, at: int, depth: int) -> Result | None:
     if len(frame) > pos and frame[pos] >> 4 in (4, 6):
         return _ip(frame, pos, (), _NO_MACS, depth + 1)
     return None
-
-
-def reverse_key(table: int, key: bytes) -> bytes:
-    """The key of the opposite direction of the same flow."""
-    if table == OTHER:
-        head, rest = key[:1], key[1:]
-        width = _other_addr_width(key)
-        src, dst, tail = rest[:width], rest[width:2 * width], rest[2 * width:]
-        return head + dst + src + tail
-    width = 4 if (len(key) - 12) < 24 else 16
-    src, dst = key[:width], key[width:2 * width]
-    sport, dport = key[2 * width:2 * width + 2], key[2 * width + 2:2 * width + 4]
-    return dst + src + dport + sport + key[2 * width + 4:]
-
-
-def _other_addr_width(key: bytes) -> int:
-    fixed = 3 if key[0] in (1, 58) else 1
-    return 4 if (len(key) - fixed - 8) < 24 else 16
-
-
-PROTO_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
-
-
-def describe_key(table: int, key: bytes) -> tuple[str | int, bytes, int, bytes, int, tuple[int, ...]]:
-    """Split a key back into (proto, a address, a port, b address, b port, VLAN ids)."""
-    if table == OTHER:
-        proto = key[0]
-        width = _other_addr_width(key)
-        at = 1 + 2 * width
-        src, dst = key[1:1 + width], key[1 + width:at]
-        a_port = b_port = 0
-        if proto == 1 or proto == 58:
-            a_port, b_port, at = key[at], key[at + 1], at + 2
-        name: str | int = PROTO_NAMES.get(proto, proto)
-    else:
-        width = 4 if len(key) < 36 else 16
-        at = 2 * width + 4
-        src, dst = key[:width], key[width:2 * width]
-        a_port = key[at - 4] << 8 | key[at - 3]
-        b_port = key[at - 2] << 8 | key[at - 1]
-        name = "tcp" if table == TCP else "udp"  # TUNNEL keys are UDP keys
-    if at == len(key):
-        return name, src, a_port, dst, b_port, ()
-    return name, src, a_port, dst, b_port, tuple(key[i] << 8 | key[i + 1] for i in range(at, len(key), 2))

@@ -33,9 +33,8 @@ from agent.decode import (
     UDP,
     Result,
     decode_frame,
-    describe_key,
-    reverse_key,
 )
+from agent.flowkeys import describe_key, reverse_key
 from agent.nonip import ethertype_name
 from agent.records import Counters, FlowRecord
 

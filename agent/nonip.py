@@ -6,6 +6,11 @@ from typing import Final
 
 _NAMES: Final = {
     -1: "llc",
+    -2: "wlan_management",
+    -3: "wlan_control",
+    -4: "wlan_protected",
+    -5: "wlan_no_data",
+    -6: "ppp_control",
     0x0806: "arp",
     0x8035: "rarp",
     0x88CC: "lldp",

@@ -182,8 +182,21 @@ def loopback(ip_packet: bytes, af_inet6: int = 24) -> bytes:
     return struct.pack("<I", af_inet6 if ip_packet[0] >> 4 == 6 else 2) + ip_packet
 
 
+def ppp(ip_packet: bytes) -> bytes:
+    """PPP in HDLC-like framing (linktypes 9 and 50): address, control, protocol."""
+    return b"\xff\x03" + (b"\x00\x57" if ip_packet[0] >> 4 == 6 else b"\x00\x21") + ip_packet
+
+
+def wlan_data(ip_packet: bytes, src: str = "02:00:00:00:00:01", dst: str = GATEWAY_MAC,
+              bssid: str = "02:00:00:00:00:aa") -> bytes:
+    """An unencrypted 802.11 QoS data frame to the access point (linktype 105), LLC/SNAP inside."""
+    header = b"\x88\x01\0\0" + _mac(bssid) + _mac(src) + _mac(dst) + b"\0\0" + b"\0\0"
+    return header + b"\xaa\xaa\x03\0\0\0" + struct.pack("!H", _ethertype_of(ip_packet)) + ip_packet
+
+
 def wrap_ip(linktype: int, ip_packet: bytes) -> bytes:
-    """Frame an IP packet for linktype 1 (Ethernet), 113 (SLL), 101 (raw IP) or 0 (loopback)."""
+    """Frame an IP packet for linktype 1 (Ethernet), 113 (SLL), 101 (raw IP), 0 (loopback),
+    9 (PPP), 51 (PPPoE), 104 (Cisco HDLC), 105 (802.11), 127 (radiotap) or 192 (PPI)."""
     if linktype == 1:
         return ether(GATEWAY_MAC, "02:00:00:00:00:01", _ethertype_of(ip_packet), ip_packet)
     if linktype == 113:
@@ -192,6 +205,19 @@ def wrap_ip(linktype: int, ip_packet: bytes) -> bytes:
         return ip_packet
     if linktype == 0:
         return loopback(ip_packet)
+    if linktype == 9:
+        return ppp(ip_packet)
+    if linktype == 51:
+        body = ppp(ip_packet)[2:]
+        return struct.pack("!BBHH", 0x11, 0, 7, len(body)) + body
+    if linktype == 104:
+        return b"\x0f\x00" + struct.pack("!H", _ethertype_of(ip_packet)) + ip_packet
+    if linktype == 105:
+        return wlan_data(ip_packet)
+    if linktype == 127:
+        return b"\0\0\x08\0\0\0\0\0" + wlan_data(ip_packet)
+    if linktype == 192:
+        return struct.pack("<BBHI", 0, 0, 8, 105) + wlan_data(ip_packet)
     raise ValueError(f"unsupported linktype {linktype}")
 
 
@@ -936,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--snaplen", type=int, default=65535)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply bench flow/packet counts")
-    ap.add_argument("--linktype", type=int, choices=(1, 113, 101, 0), default=1)
+    ap.add_argument("--linktype", type=int, choices=(1, 113, 101, 0, 9, 51, 104, 105, 127, 192), default=1)
     ap.add_argument("--pcapng", action="store_true", help="write pcapng instead of pcap")
     a = ap.parse_args(argv)
     started, packets = time.perf_counter(), scenario(a.scenario, a.seed, a.scale)

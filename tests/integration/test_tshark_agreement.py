@@ -39,7 +39,7 @@ def test_shared_capture_agrees_with_tshark(capture: Path) -> None:
     _assert_agrees(capture)
 
 
-@pytest.mark.parametrize("linktype", [1, 113, 101, 0])
+@pytest.mark.parametrize("linktype", [1, 113, 101, 0, 9, 51, 104, 105, 127, 192])
 def test_generated_sample_agrees_with_tshark(tmp_path: Path, linktype: int) -> None:
     """The project's own ward sample, in each supported link type, agrees with tshark."""
     capture = tmp_path / "sample.pcap"

@@ -64,11 +64,11 @@ def test_link_type_is_reported(tmp_path: Path, linktype: int) -> None:
 
 
 def test_unsupported_link_type_is_refused(tmp_path: Path) -> None:
-    """A link type the decoder does not know (802.11 radiotap) is refused at open."""
-    path = tmp_path / "radio.pcap"
-    with wardgen.PcapWriter(path, linktype=127) as out:
+    """A link type the decoder does not know (147, a private USER0 type) is refused at open."""
+    path = tmp_path / "user0.pcap"
+    with wardgen.PcapWriter(path, linktype=147) as out:
         out.write(wardgen.EPOCH, b"\0" * 40)
-    with pytest.raises(capture.CaptureError, match="link type 127"):
+    with pytest.raises(capture.CaptureError, match="link type 147"):
         capture.open_offline(str(path))
 
 

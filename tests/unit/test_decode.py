@@ -22,9 +22,8 @@ from agent.decode import (
     TUNNEL,
     UDP,
     decode_frame,
-    describe_key,
-    reverse_key,
 )
+from agent.flowkeys import describe_key, reverse_key
 from agent.flows import FlowSettings, FlowTable
 from agent.records import Counters, FlowRecord
 
@@ -431,9 +430,9 @@ def test_ip_with_a_bad_version_nibble() -> None:
 # --- link types -----------------------------------------------------------------------------------------
 
 def test_unsupported_linktype() -> None:
-    """A link type outside SUPPORTED_LINKTYPES (105, 802.11) is skipped as unsupported_link."""
-    assert 105 not in decode.SUPPORTED_LINKTYPES
-    assert decode_frame(_eth(_tcp4()), 105) == "unsupported_link"
+    """A link type outside SUPPORTED_LINKTYPES (147, USER0) is skipped as unsupported_link."""
+    assert 147 not in decode.SUPPORTED_LINKTYPES
+    assert decode_frame(_eth(_tcp4()), 147) == "unsupported_link"
 
 
 def test_sll_decodes_like_ethernet_with_the_source_mac() -> None:
@@ -555,9 +554,9 @@ def test_pppoe_session_carrying_ipv6() -> None:
 
 
 def test_pppoe_session_control_frame_is_non_ip() -> None:
-    """A PPPoE session frame carrying LCP (0xc021) returns the ethertype 0x8864."""
+    """A PPPoE session frame carrying LCP (0xc021) is non-IP PPP control traffic."""
     frame = wardgen.ether(MAC_B, MAC_A, 0x8864, _pppoe(0xC021, bytes(10)))
-    assert decode_frame(frame, ETH) == 0x8864
+    assert decode_frame(frame, ETH) == decode.PPP_OTHER
 
 
 def test_tso_total_length_zero_counts_the_captured_length() -> None:
@@ -899,3 +898,60 @@ def test_fast_path_decapsulates_gtp_u_after_an_echo_on_the_same_ports() -> None:
     g_pdu = struct.pack("!BBHI", 0x30, 0xFF, 40, 7) + _inner_tcp()
     frames = [_eth(wardgen.ipv4(A4, B4, 17, wardgen.udp(2152, 2152, gtp))) for gtp in (echo, g_pdu, g_pdu)]
     assert _run_table(frames, fast_path=True) == _run_table(frames, fast_path=False)
+
+
+# --- more link layers: 802.11, PPP, 802.3 LLC/SNAP, 802.1ah -------------------------------------------
+
+def _wlan(fc: bytes, body: bytes = b"") -> bytes:
+    addrs = bytes.fromhex("0200000000aa" "020000000001" "020000000002")
+    return fc + b"\0\0" + addrs + b"\0\0" + body
+
+
+def test_wlan_data_frame_to_the_ap_gives_source_and_destination_macs() -> None:
+    """An 802.11 frame to the distribution system: addr2 is the source, addr3 the destination."""
+    frame = wardgen.wlan_data(_tcp4(), src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    result = _as_tuple(decode_frame(frame, decode.DLT_IEEE802_11))
+    assert result[0] == TCP and result[4] == bytes.fromhex("020000000002" "020000000001")
+
+
+@pytest.mark.parametrize(("fc", "code"), [
+    (b"\x80\x00", decode.dot11.WLAN_MANAGEMENT),  # beacon
+    (b"\xd4\x00", decode.dot11.WLAN_CONTROL),  # ACK
+    (b"\x48\x01", decode.dot11.WLAN_NO_DATA),  # null function
+    (b"\x88\x41", decode.dot11.WLAN_PROTECTED),  # QoS data, protected
+])
+def test_wlan_frames_without_visible_ip_are_named(fc: bytes, code: int) -> None:
+    """Management, control, null and encrypted 802.11 frames count as named non-IP frames."""
+    assert decode_frame(_wlan(fc, bytes(40)), decode.DLT_IEEE802_11) == code
+
+
+def test_radiotap_header_is_skipped_by_its_length() -> None:
+    """Radiotap's own length field says where the 802.11 frame starts."""
+    frame = b"\0\0\x0c\0" + bytes(8) + wardgen.wlan_data(_tcp4())
+    assert _as_tuple(decode_frame(frame, decode.DLT_IEEE802_11_RADIO))[0] == TCP
+
+
+def test_ppp_with_a_compressed_protocol_field() -> None:
+    """PPP without address/control and with a one-byte protocol (0x21) still carries IPv4."""
+    assert _as_tuple(decode_frame(b"\x21" + _tcp4(), decode.DLT_PPP))[0] == TCP
+
+
+def test_ppp_control_protocol_is_non_ip() -> None:
+    """PPP LCP (0xc021) is counted as PPP control, not as a skipped frame."""
+    assert decode_frame(b"\xff\x03\xc0\x21" + bytes(10), decode.DLT_PPP) == decode.PPP_OTHER
+
+
+def test_ieee802_3_llc_snap_carries_ip() -> None:
+    """An 802.3 frame (length field) with LLC/SNAP and ethertype 0x0800 is an IP packet."""
+    packet = _tcp4()
+    payload = b"\xaa\xaa\x03\0\0\0\x08\x00" + packet
+    frame = bytes.fromhex("020000000002" "020000000001") + len(payload).to_bytes(2, "big") + payload
+    assert _as_tuple(decode_frame(frame, ETH))[0] == TCP
+
+
+def test_provider_backbone_frame_uses_the_customer_frame() -> None:
+    """802.1ah: the B-tag goes into the key, the I-tag is skipped, the customer MACs are used."""
+    customer = bytes.fromhex("02000000000c" "02000000000d") + b"\x08\x00" + _tcp4()
+    frame = wardgen.ether(MAC_B, MAC_A, 0x88E7, b"\0\0\0\x05" + customer, vlans=())
+    result = _as_tuple(decode_frame(frame, ETH))
+    assert result[0] == TCP and result[4] == bytes.fromhex("02000000000c" "02000000000d")

@@ -1,0 +1,56 @@
+"""Flow key layout (built by decode.py and the fast path in flows.py): reversal and description.
+
+TCP, UDP and tunnel keys: `src ip + dst ip + src port + dst port`, then two bytes per VLAN id.
+Other protocols: the protocol number first, then the addresses, the ICMP type and code when it is
+ICMP, then the VLAN ids. Address width follows from the length (at most MAX_VLAN_TAGS tags).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from agent.decode import OTHER, TCP
+
+
+def reverse_key(table: int, key: bytes) -> bytes:
+    """The key of the opposite direction of the same flow."""
+    if table == OTHER:
+        head, rest = key[:1], key[1:]
+        width = _other_addr_width(key)
+        src, dst, tail = rest[:width], rest[width:2 * width], rest[2 * width:]
+        return head + dst + src + tail
+    width = 4 if (len(key) - 12) < 24 else 16
+    src, dst = key[:width], key[width:2 * width]
+    sport, dport = key[2 * width:2 * width + 2], key[2 * width + 2:2 * width + 4]
+    return dst + src + dport + sport + key[2 * width + 4:]
+
+
+def _other_addr_width(key: bytes) -> int:
+    fixed = 3 if key[0] in (1, 58) else 1
+    return 4 if (len(key) - fixed - 8) < 24 else 16
+
+
+PROTO_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
+
+
+def describe_key(table: int, key: bytes) -> tuple[str | int, bytes, int, bytes, int, tuple[int, ...]]:
+    """Split a key back into (proto, a address, a port, b address, b port, VLAN ids)."""
+    if table == OTHER:
+        proto = key[0]
+        width = _other_addr_width(key)
+        at = 1 + 2 * width
+        src, dst = key[1:1 + width], key[1 + width:at]
+        a_port = b_port = 0
+        if proto == 1 or proto == 58:
+            a_port, b_port, at = key[at], key[at + 1], at + 2
+        name: str | int = PROTO_NAMES.get(proto, proto)
+    else:
+        width = 4 if len(key) < 36 else 16
+        at = 2 * width + 4
+        src, dst = key[:width], key[width:2 * width]
+        a_port = key[at - 4] << 8 | key[at - 3]
+        b_port = key[at - 2] << 8 | key[at - 1]
+        name = "tcp" if table == TCP else "udp"  # TUNNEL keys are UDP keys
+    if at == len(key):
+        return name, src, a_port, dst, b_port, ()
+    return name, src, a_port, dst, b_port, tuple(key[i] << 8 | key[i + 1] for i in range(at, len(key), 2))
