@@ -2,6 +2,7 @@
 
 `decode_frame` never raises. It returns one of:
 - a `Decoded` tuple for an IP packet that belongs to a flow,
+- a `Fragment` for an IP fragment (fragments.py reassembles what flows need, as tshark counts),
 - an `int` (the ethertype, or -1 for an 802.3/LLC frame) for a frame that carries no IP,
 - a `str`, the reason the frame was skipped (see SKIP_REASONS).
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 from agent import dot11
+from agent.fragments import Fragment
 
 TCP: Final = 0
 UDP: Final = 1
@@ -26,14 +28,13 @@ TUNNEL: Final = 3  # outer UDP flows of tunnels: keyed like UDP, never seen by t
 
 # (table, key, IP-layer bytes, TCP flags, dst MAC + src MAC or b"", the tunnelled packet or None)
 Decoded = tuple[int, bytes, int, int, bytes, "Result | None"]
-Result = Decoded | int | str
+Result = Decoded | Fragment | int | str
 
 LLC: Final = -1
 MAX_VLAN_TAGS: Final = 4
 MAX_IPV6_EXT_HEADERS: Final = 8
 MAX_TUNNEL_DEPTH: Final = 2
 
-FRAGMENT: Final = "ip_fragment"  # a non-first IP fragment: counted, carries no ports
 SKIP_REASONS: Final = (
     "truncated_link",
     "unsupported_link",
@@ -250,10 +251,15 @@ def _ipv4(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Resul
         return "bad_ipv4_header"
     if len(frame) < pos + ihl:
         return "truncated_ipv4"
-    if (frame[pos + 6] & 0x1F) or frame[pos + 7]:
-        return FRAGMENT
-    src, dst = frame[pos + 12:pos + 16], frame[pos + 16:pos + 20]
-    return _transport(frame, pos + ihl, frame[pos + 9], (src, dst, total, tags, macs), depth)
+    src, dst, proto = frame[pos + 12:pos + 16], frame[pos + 16:pos + 20], frame[pos + 9]
+    if len(frame) > pos + total:
+        frame = frame[:pos + total]  # Ethernet padding or a trailer is not the packet's
+    if (frame[pos + 6] & 0x3F) or frame[pos + 7]:
+        offset = ((frame[pos + 6] & 0x1F) << 8 | frame[pos + 7]) * 8
+        datagram = b"\x04" + src + dst + frame[pos + 4:pos + 6] + frame[pos + 9:pos + 10] + tags
+        return Fragment(datagram, offset, total - ihl, bool(frame[pos + 6] & 0x20), frame[pos + ihl:],
+                        total, proto, src, dst, tags, macs)
+    return _transport(frame, pos + ihl, proto, (src, dst, total, tags, macs), depth)
 
 
 def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Result:
@@ -263,15 +269,18 @@ def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Resul
         return "bad_ip_version"
     total = 40 + int.from_bytes(frame[pos + 4:pos + 6], "big")
     src, dst = frame[pos + 8:pos + 24], frame[pos + 24:pos + 40]
+    if len(frame) > pos + total:
+        frame = frame[:pos + total]
     nxt = frame[pos + 6]
     at = pos + 40
     for _ in range(MAX_IPV6_EXT_HEADERS + 1):
         if nxt == 44:
             if len(frame) < at + 8:
                 return "truncated_ipv6"
-            if int.from_bytes(frame[at + 2:at + 4], "big") & 0xFFF8:
-                return FRAGMENT
-            nxt, at = frame[at], at + 8
+            field = int.from_bytes(frame[at + 2:at + 4], "big")
+            datagram = b"\x06" + src + dst + frame[at + 4:at + 8] + frame[at:at + 1] + tags
+            return Fragment(datagram, field & 0xFFF8, pos + total - at - 8, bool(field & 1), frame[at + 8:],
+                            total, frame[at], src, dst, tags, macs)
         elif nxt in _IPV6_EXT:
             if len(frame) < at + 2:
                 return "truncated_ipv6"
@@ -287,8 +296,19 @@ def _ipv6(frame: bytes, pos: int, tags: bytes, macs: bytes, depth: int) -> Resul
 _Outer = tuple[bytes, bytes, int, bytes, bytes]  # src, dst, IP bytes, VLAN tags, MACs
 
 
+def transport(head: bytes, proto: int, src: bytes, dst: bytes, total: int, tags: bytes,
+              macs: bytes) -> Result:
+    """The flow of a reassembled datagram, from the head of its transport payload."""
+    try:
+        return _transport(head, 0, proto, (src, dst, total, tags, macs), 0)
+    except (IndexError, ValueError):
+        return "malformed"
+
+
 def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> Result:
     src, dst, total, tags, macs = outer
+    if proto == 51 and len(src) == 4 and len(frame) >= at + 2:  # IPv4 AH: what it protects follows
+        return _transport(frame, at + (frame[at + 1] + 2) * 4, frame[at], outer, depth)
     if proto == 6 or proto == 17:
         if len(frame) < at + (14 if proto == 6 else 8):
             return "truncated_l4"

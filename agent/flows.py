@@ -23,18 +23,20 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from agent.decode import (
     DLT_EN10MB,
-    FRAGMENT,
     TCP,
     TUNNEL_PORTS,
     UDP,
+    Decoded,
     Result,
     decode_frame,
+    transport,
 )
 from agent.flowkeys import describe_key, reverse_key
+from agent.fragments import Fragment, FragmentTable
 from agent.nonip import ethertype_name
 from agent.records import Counters, FlowRecord
 
@@ -97,6 +99,7 @@ class FlowTable:
         self._table_of = bytearray()
         self._free: list[int] = []
         self._continuing: dict[bytes, int] = {}  # a-keys of flows cut by the active timeout
+        self._fragments = FragmentTable(counters)
         self.live = 0
         self.peak_live = 0
         self._now = 0
@@ -144,7 +147,7 @@ class FlowTable:
             d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
             try:
                 if (cl > 53 and d[12] == 8 and d[13] == 0 and d[14] == 69 and not (d[20] & 63 or d[21])
-                        and (d[16] or d[17] > 19)):
+                        and (d[16] or d[17] > 33)):
                     p = d[23]
                     if p == 6:
                         k = d[26:38]
@@ -169,7 +172,7 @@ class FlowTable:
                             account(UDP, k, d[16] << 8 | d[17], 0, d[:12], t)
                         continue
                 elif (cl > 57 and d[12] == 129 and d[13] == 0 and d[14] < 16 and d[16] == 8 and d[17] == 0
-                      and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 19)):
+                      and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 33)):
                     p = d[27]
                     if p == 6:
                         k = d[30:42] + d[14:16]
@@ -202,23 +205,40 @@ class FlowTable:
     def _slow(self, frame: bytes, t: int) -> None:
         """Every frame the fast path does not take, new UDP flows included (they may be tunnels)."""
         result = decode_frame(frame, self.linktype)
-        if type(result) is tuple:
-            self._account(result[0], result[1], result[2], result[3], result[4], t)
-            if result[5] is not None:
-                self._decapsulated(result[5], t)
+        if type(result) is tuple:  # a Decoded packet (a Fragment is a tuple subclass, not a tuple)
+            packet = cast(Decoded, result)
+            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
+            if packet[5] is not None:
+                self._decapsulated(packet[5], t)
         elif type(result) is int:
             self._counters.add("non_ip." + ethertype_name(result))
-        elif result == FRAGMENT:
+        elif type(result) is Fragment:
             self._counters.add("ip_fragments")
+            self._reassembled(result, t)
         else:
             self._counters.add(f"skipped.{result}")
+
+    def _reassembled(self, fragment: Fragment, t: int) -> None:
+        """A fragment that completes its datagram: the datagram joins its flow now, once."""
+        whole = self._fragments.add(fragment, t)
+        if whole is None:
+            return
+        first, head, iplen, macs = whole
+        result = transport(head, first.proto, first.src, first.dst, iplen, first.tags, macs)
+        if type(result) is tuple:
+            packet = cast(Decoded, result)
+            self._counters.add("reassembled")
+            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
+        else:
+            self._counters.add("ip_fragments.undecodable")
 
     def _decapsulated(self, inner: Result | None, t: int) -> None:
         """A tunnelled packet also joins its own flow; the frame is accounted once, by its outer flow."""
         while type(inner) is tuple:
-            self._account(inner[0], inner[1], inner[2], inner[3], inner[4], t)
+            packet = cast(Decoded, inner)
+            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
             self._counters.add("decapsulated")
-            inner = inner[5]
+            inner = packet[5]
         if inner is not None:
             self._counters.add("tunnel_inner_not_counted")
 
@@ -354,6 +374,7 @@ class FlowTable:
                 self._end(slot, reason)
             else:
                 self._schedule(ja, (deadline - 1) // US + 1)
+        self._fragments.expire(clock)
         if second % 64 == 0 and self._continuing:
             horizon = second - self._idle // US
             self._continuing = {k: s for k, s in self._continuing.items() if s >= horizon}

@@ -44,7 +44,8 @@ class RunTotals:
         frames = values.get("frames", 0)
         fragments = values.get("ip_fragments", 0)
         decapsulated = values.get("decapsulated", 0)
-        outer = self.packets_in_flows - decapsulated
+        reassembled = values.get("reassembled", 0)
+        outer = self.packets_in_flows - decapsulated - reassembled
         accounted = outer + sum(non_ip.values()) + sum(skipped.values()) + fragments
         return {
             "type": "summary",
@@ -55,6 +56,7 @@ class RunTotals:
             "decapsulated": decapsulated,
             "non_ip": non_ip,
             "ip_fragments": fragments,
+            "reassembled": reassembled,
             "skipped": skipped,
             "unaccounted": frames - accounted,
             "flows": self.flows,

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from agent import decode
 from agent.decode import (
-    FRAGMENT,
     MAX_TUNNEL_DEPTH,
     MAX_VLAN_TAGS,
     OTHER,
@@ -33,6 +32,7 @@ from agent.decode import (
 )
 from agent.flowkeys import describe_key, reverse_key
 from agent.flows import FlowSettings, FlowTable
+from agent.fragments import Fragment
 from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -198,7 +198,10 @@ def _all_frames() -> Iterator[tuple[int, bytes]]:
 def check_result(result: object, depth: int = 0) -> None:
     """Assert that result has one of decode_frame's documented shapes, recursively for tunnels."""
     if type(result) is str:
-        assert result == FRAGMENT or result in SKIP_REASONS, result
+        assert result in SKIP_REASONS, result
+        return
+    if type(result) is Fragment:
+        assert result.offset >= 0 and result.size >= 0 and result.iplen >= 0
         return
     if type(result) is int:
         assert -6 <= result <= 0xFFFF, result  # an ethertype or a named non-IP code (agent.nonip)
@@ -233,11 +236,11 @@ def check_result(result: object, depth: int = 0) -> None:
 
 
 def test_corpus_frames_decode_to_flows() -> None:
-    """Sanity: the IP frames of every link type's corpus decode to tuples or FRAGMENT."""
+    """Sanity: the IP frames of every link type's corpus decode to tuples or Fragments."""
     for linktype, frame in _all_frames():
         result = decode_frame(frame, linktype)
         check_result(result)
-        expected = isinstance(result, (tuple, int)) or result in (FRAGMENT, "too_many_vlan_tags")
+        expected = isinstance(result, (tuple, int)) or result == "too_many_vlan_tags"
         assert expected, (linktype, result)
 
 
@@ -354,7 +357,8 @@ def run_table(linktype: int, frames: list[tuple[int, bytes]], flow_settings: Flo
 
 def unaccounted(records: list[FlowRecord], values: dict[str, int]) -> int:
     """frames - (outer packets in flows + non-IP + skipped + fragments), as RunTotals.summary computes it."""
-    in_flows = sum(r.a_pkts + r.b_pkts for r in records) - values.get("decapsulated", 0)
+    in_flows = (sum(r.a_pkts + r.b_pkts for r in records) - values.get("decapsulated", 0)
+                - values.get("reassembled", 0))
     other = sum(v for k, v in values.items() if k.startswith(("non_ip.", "skipped.")))
     return values.get("frames", 0) - in_flows - other - values.get("ip_fragments", 0)
 

@@ -13,7 +13,6 @@ import pytest
 
 from agent import decode
 from agent.decode import (
-    FRAGMENT,
     LLC,
     MAX_TUNNEL_DEPTH,
     OTHER,
@@ -25,6 +24,7 @@ from agent.decode import (
 )
 from agent.flowkeys import describe_key, reverse_key
 from agent.flows import FlowSettings, FlowTable
+from agent.fragments import Fragment
 from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -228,25 +228,37 @@ def _ipv4_fragments(proto: int = 17) -> list[bytes]:
     return wardgen.fragment(A4, B4, proto, l4, ident=77)
 
 
-def test_ipv4_first_fragment_carries_ports() -> None:
-    """The first IPv4 fragment (offset 0, more fragments) is keyed with its ports."""
+def test_ipv4_first_fragment_is_a_fragment_of_its_datagram() -> None:
+    """The first IPv4 fragment (offset 0, more fragments) waits for its datagram, head included."""
     first = _ipv4_fragments()[0]
-    table, key, count, *_ = _as_tuple(decode_frame(_eth(first), ETH))
-    assert (table, key, count) == (UDP, _key4(40000, 53), len(first))
+    fragment = decode_frame(_eth(first), ETH)
+    assert isinstance(fragment, Fragment)
+    assert (fragment.offset, fragment.more, fragment.proto, fragment.iplen) == (0, True, 17, len(first))
+    assert fragment.payload == first[20:]
+
+
+def test_fragments_of_one_datagram_share_its_identity() -> None:
+    """Every fragment of a datagram names the same datagram; the last one says no more follow."""
+    fragments = [decode_frame(_eth(f), ETH) for f in _ipv4_fragments()]
+    assert all(isinstance(f, Fragment) for f in fragments)
+    assert len({f.datagram for f in fragments if isinstance(f, Fragment)}) == 1
+    assert [f.more for f in fragments if isinstance(f, Fragment)][-1] is False
 
 
 def test_ipv4_non_first_fragment_is_fragment() -> None:
-    """Every IPv4 fragment with a non-zero offset returns FRAGMENT."""
+    """Every IPv4 fragment with a non-zero offset is a Fragment at that offset."""
     later = _ipv4_fragments()[1:]
     assert later
-    assert [decode_frame(_eth(f), ETH) for f in later] == [FRAGMENT] * len(later)
+    results = [decode_frame(_eth(f), ETH) for f in later]
+    assert all(isinstance(r, Fragment) and r.offset > 0 for r in results)
 
 
 def test_ipv4_fragment_offset_high_bits_count() -> None:
-    """A fragment whose offset lies only in the high byte of the field is a FRAGMENT too."""
+    """A fragment whose offset lies only in the high byte of the field is a Fragment too."""
     frag = wardgen.ipv4(A4, B4, 17, b"z" * 16, df=False, frag_offset=256 * 8)
     assert frag[6] & 0x1F and not frag[7]
-    assert decode_frame(_eth(frag), ETH) == FRAGMENT
+    result = decode_frame(_eth(frag), ETH)
+    assert isinstance(result, Fragment) and result.offset == 256 * 8
 
 
 def test_ipv4_df_bit_alone_is_not_a_fragment() -> None:
@@ -283,25 +295,29 @@ def _ipv6_fragments() -> list[bytes]:
     return wardgen.fragment(A6, B6, 17, wardgen.udp(40000, 53, b"z" * 3000), ident=9)
 
 
-def test_ipv6_first_fragment_gives_ports() -> None:
-    """An IPv6 fragment header with offset 0 is walked and the ports are read after it."""
+def test_ipv6_first_fragment_is_a_fragment_of_its_datagram() -> None:
+    """An IPv6 fragment header with offset 0: the fragment carries the head of the datagram's payload."""
     first = _ipv6_fragments()[0]
     assert first[6] == 44
-    table, key, count, *_ = _as_tuple(decode_frame(_eth(first), ETH))
-    assert (table, key, count) == (UDP, _key6(40000, 53), len(first))
+    fragment = decode_frame(_eth(first), ETH)
+    assert isinstance(fragment, Fragment)
+    assert (fragment.offset, fragment.more, fragment.proto) == (0, True, 17)
+    assert fragment.payload[:4] == (40000).to_bytes(2, "big") + (53).to_bytes(2, "big")
 
 
 def test_ipv6_later_fragments_are_fragment() -> None:
-    """IPv6 fragments with a non-zero offset return FRAGMENT."""
+    """IPv6 fragments with a non-zero offset are Fragments at that offset."""
     later = _ipv6_fragments()[1:]
     assert later
-    assert [decode_frame(_eth(f), ETH) for f in later] == [FRAGMENT] * len(later)
+    results = [decode_frame(_eth(f), ETH) for f in later]
+    assert all(isinstance(r, Fragment) and r.offset > 0 for r in results)
 
 
 def test_ipv6_fragment_after_hop_by_hop_is_still_found() -> None:
-    """A later fragment behind a hop-by-hop header is still recognised as a FRAGMENT."""
+    """A later fragment behind a hop-by-hop header is still recognised as a Fragment."""
     packet = wardgen.ipv6(A6, B6, 17, b"z" * 16, [_HBH, wardgen.ipv6_fragment(1448, False, 3)])
-    assert decode_frame(_eth(packet), ETH) == FRAGMENT
+    result = decode_frame(_eth(packet), ETH)
+    assert isinstance(result, Fragment) and (result.offset, result.more) == (1448, False)
 
 
 def test_ipv6_eight_extension_headers_are_accepted() -> None:

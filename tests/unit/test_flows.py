@@ -444,15 +444,32 @@ def test_fast_path_matches_general_path_on_tunnel_port_after_non_tunnel_packet()
 
 # --- what is not a flow, and what is in two -------------------------------------------------------
 
-def test_non_first_fragments_counted_not_in_flows(fast: bool) -> None:
-    """Non-first IPv4 fragments go to ip_fragments; the first fragment counts in its UDP flow."""
+def test_fragmented_datagram_counts_once_when_complete(fast: bool) -> None:
+    """All fragments count in ip_fragments; the whole datagram joins its flow once, as tshark counts."""
     frags = wardgen.fragment(A.ip, B.ip, 17, wardgen.udp(1000, 2000, bytes(3500)), ident=9)
     assert len(frags) == 3
     packets = [(T0 + 0.01 * i, _eth(A, B, f)) for i, f in enumerate(frags)]
     records, counters = run(packets, fast)
-    assert [(r.proto, r.a_port, r.b_port, r.a_pkts, r.a_bytes) for r in records] == [
-        ("udp", 1000, 2000, 1, 1500)]
-    assert counters["ip_fragments"] == 2
+    assert [(r.proto, r.a_port, r.b_port, r.a_pkts, r.a_bytes, r.first) for r in records] == [
+        ("udp", 1000, 2000, 1, sum(len(f) for f in frags), T0 + 0.02)]
+    assert (counters["ip_fragments"], counters["reassembled"]) == (3, 1)
+
+
+def test_incomplete_datagram_joins_no_flow(fast: bool) -> None:
+    """A datagram missing a fragment makes no flow packet; its fragments are counted."""
+    frags = wardgen.fragment(A.ip, B.ip, 17, wardgen.udp(1000, 2000, bytes(3500)), ident=9)
+    packets = [(T0, _eth(A, B, frags[0])), (T0 + 0.01, _eth(A, B, frags[2]))]
+    records, counters = run(packets, fast)
+    assert records == [] and counters["ip_fragments"] == 2 and "reassembled" not in counters
+
+
+def test_fragments_out_of_order_and_repeated(fast: bool) -> None:
+    """Fragments arriving last-first, with a repeat, still complete the datagram exactly once."""
+    frags = wardgen.fragment(A.ip, B.ip, 17, wardgen.udp(1000, 2000, bytes(3500)), ident=9)
+    order = [frags[2], frags[1], frags[1], frags[0]]
+    records, counters = run([(T0 + 0.01 * i, _eth(A, B, f)) for i, f in enumerate(order)], fast)
+    assert [(r.a_port, r.a_pkts) for r in records] == [(1000, 1)]
+    assert counters["ip_fragments"] == 4
 
 
 def test_arp_counted_as_non_ip(fast: bool) -> None:

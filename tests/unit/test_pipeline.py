@@ -88,7 +88,7 @@ def test_replay_summary_accounts_for_every_frame(tmp_path: Path, sample: list[Pk
     assert summary["unaccounted"] == 0
     assert summary["flows"] == len(records) > 10
     assert sum(summary["flows_by_end"].values()) == summary["flows"]
-    assert summary["in_flows"] == sum(r.a_pkts + r.b_pkts for r in records)
+    assert summary["in_flows"] + summary["reassembled"] == sum(r.a_pkts + r.b_pkts for r in records)
     assert (summary["captures"], summary["capture_errors"]) == ([str(path)], [])
     assert summary["non_ip"] == {"arp": 2} and summary["ip_fragments"] > 0
 
@@ -163,8 +163,9 @@ def test_summary_counts_tunnels_fragments_non_ip_and_skips(tmp_path: Path) -> No
     write(path, packets)
     records, totals = replayed([path])
     summary = totals.summary()
-    assert (summary["frames"], summary["in_flows"], summary["decapsulated"]) == (8, 3, 2)
-    assert (summary["ip_fragments"], summary["non_ip"], summary["skipped"]) == (2, {"arp": 2},
+    assert (summary["frames"], summary["in_flows"], summary["decapsulated"]) == (8, 2, 2)
+    assert summary["reassembled"] == 1
+    assert (summary["ip_fragments"], summary["non_ip"], summary["skipped"]) == (3, {"arp": 2},
                                                                                 {"truncated_ipv4": 1})
     assert summary["unaccounted"] == 0
     assert summary["flows"] == len(records) == 3
