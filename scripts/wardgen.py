@@ -921,8 +921,9 @@ def _conversations(w: _World, flows: int, span: float,
 
 
 def edge() -> Iterator[Pkt]:
-    """Frames whose accounting is easy to get wrong: an ICMP error quoting UDP, IPv4 fragments,
-    IP-in-IP, GRE and VXLAN tunnels, a TSO frame (IPv4 total length 0), QinQ and IPv6."""
+    """Frames whose accounting is easy to get wrong: an ICMP error quoting UDP, IPv4 fragments (in
+    order, tiny, missing, reversed), IP-in-IP, GRE and VXLAN tunnels, a TSO frame (IPv4 total
+    length 0), QinQ and IPv6."""
     a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
     inner = ipv4("192.168.1.1", "192.168.1.2", 6, tcp(1234, 80, 1, 0, 0x02))
     query = ipv4("10.0.0.1", "10.0.0.2", 17, udp(5000, 53, b"q" * 20))
@@ -940,8 +941,23 @@ def edge() -> Iterator[Pkt]:
         ether(b, a, 0x0800, ipv4("10.5.0.1", "10.5.0.2", 17, udp(7, 7, b"z")), vlans=(100, 30)),
         ether(b, a, 0x86DD, ipv6("fd00::1", "fd00::2", 17, udp(9, 9, b"v"))),
         ether(b, a, 0x0800, bytes(tso)),
+        *(ether(b, a, 0x0800, f) for f in _odd_fragments()),
     ]
     return ((EPOCH + i / 100, frame) for i, frame in enumerate(frames))
+
+
+def _odd_fragments() -> list[bytes]:
+    """A TCP SYN split inside its header (nmap -f), a datagram missing its last fragment, and one
+    whose fragments arrive last first."""
+    def pieces(src: str, dst: str, proto: int, l4: bytes, ident: int,
+               cuts: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [ipv4(src, dst, proto, l4[o:o + n], ident=ident, df=False, frag_offset=o,
+                     more_fragments=o + n < len(l4)) for o, n in cuts]
+    syn = _fill_l4(6, _ip("10.4.0.1"), _ip("10.4.0.2"), tcp(1111, 80, 1, 0, SYN, b"z" * 40))
+    dgram = _fill_l4(17, _ip("10.3.0.1"), _ip("10.3.0.2"), udp(2222, 53, b"y" * 100))
+    return [*pieces("10.4.0.1", "10.4.0.2", 6, syn, 5, [(0, 8), (8, 16), (24, len(syn) - 24)]),
+            *pieces("10.3.0.1", "10.3.0.2", 17, dgram, 6, [(0, 56)]),
+            *pieces("10.3.0.1", "10.3.0.2", 17, dgram, 7, [(56, len(dgram) - 56), (0, 56)])]
 
 
 def scenario(name: str, seed: int = 1, scale: float = 1.0) -> Iterator[Pkt]:
