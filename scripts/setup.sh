@@ -23,6 +23,11 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" >&2
-"$VENV/bin/python" -m pip install -q --upgrade pip >&2
-"$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+stamp="$VENV/.ward-agent-installed"
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+    echo "$wanted" > "$stamp"
+fi
 echo "$VENV/bin/python"
