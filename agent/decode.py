@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from agent import dot11
+from agent import dot11, tunnels
 from agent.fragments import Fragment
 
 TCP: Final = 0
@@ -78,9 +78,6 @@ _IPV6_EXT: Final = frozenset({0, 43, 60, 51})
 _ICMP_REQUEST_OF: Final = {0: 8, 14: 13, 16: 15, 18: 17}
 _ICMP6_REQUEST_OF: Final = {129: 128, 134: 133, 136: 135}
 _NO_MACS: Final = b""
-_GRE_ETHERNET: Final = frozenset({0x6558, 0x88BE, 0x22EB})  # bridged Ethernet, ERSPAN II and III
-_VXLAN, _GENEVE, _TEREDO, _GTP_U = 4789, 6081, 3544, 2152
-TUNNEL_PORTS: Final = frozenset({_VXLAN, _GENEVE, _TEREDO, _GTP_U})
 
 
 def decode_frame(frame: bytes, linktype: int) -> Result:
@@ -316,10 +313,10 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
         key = src + dst + sport + dport + tags
         if proto == 6:
             return (TCP, key, total, frame[at + 13], macs, None)
-        port = _tunnel_port(sport, dport)
+        port = tunnels.tunnel_port(sport, dport)
         if port is None:
             return (UDP, key, total, 0, macs, None)
-        return (TUNNEL, key, total, 0, macs, _inner(_udp_tunnel, frame, at + 8, port, depth))
+        return (TUNNEL, key, total, 0, macs, _tunnelled(tunnels.in_udp, frame, at + 8, port, depth))
     head = proto.to_bytes(1, "big")
     if proto == 1 or proto == 58:
         if len(frame) < at + 2:
@@ -327,96 +324,22 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
         requests = _ICMP_REQUEST_OF if proto == 1 else _ICMP6_REQUEST_OF
         kind = requests.get(frame[at], frame[at]).to_bytes(1, "big") + frame[at + 1:at + 2]
         return (OTHER, head + src + dst + kind + tags, total, 0, macs, None)
-    return (OTHER, head + src + dst + tags, total, 0, macs, _inner(_ip_tunnel, frame, at, proto, depth))
+    inner = _tunnelled(tunnels.in_ip, frame, at, proto, depth)
+    return (OTHER, head + src + dst + tags, total, 0, macs, inner)
 
 
-def _inner(opener: Callable[[bytes, int, int, int], Result | None], frame: bytes, at: int, kind: int,
-           depth: int) -> Result | None:
-    """The tunnelled packet; a damaged one is reported as such and never costs the outer flow."""
+def _tunnelled(locate: Callable[[bytes, int, int], tunnels.Payload | str | None], frame: bytes, at: int,
+               kind: int, depth: int) -> Result | None:
+    """Decode what a tunnel carries; a damaged payload never costs the outer flow."""
     if depth >= MAX_TUNNEL_DEPTH:
         return None
     try:
-        return opener(frame, at, kind, depth)
+        payload = locate(frame, at, kind)
+        if payload is None or isinstance(payload, str):
+            return payload
+        layer, start = payload
+        if layer == "ethernet":
+            return _ethernet(frame, start, depth + 1)
+        return _ip(frame, start, (), _NO_MACS, depth + 1)
     except (IndexError, ValueError):
         return "malformed"
-
-
-def _tunnel_port(sport: bytes, dport: bytes) -> int | None:
-    """The tunnel a UDP flow carries, by registered port alone, so every packet lands in one table."""
-    for port in (int.from_bytes(dport, "big"), int.from_bytes(sport, "big")):
-        if port in TUNNEL_PORTS:
-            return port
-    return None
-
-
-def _ip_tunnel(frame: bytes, at: int, proto: int, depth: int) -> Result | None:
-    """The packet inside IP-in-IP, IPv6-in-IP or GRE, as tshark dissects it."""
-    if proto in (4, 41):
-        return _ip(frame, at, (), _NO_MACS, depth + 1)
-    if proto != 47 or len(frame) < at + 4:
-        return None
-    flags, etype = frame[at], int.from_bytes(frame[at + 2:at + 4], "big")
-    if frame[at + 1] & 0x07:  # only GRE version 0 carries packets
-        return None
-    pos = at + 4 + 4 * bin(flags & 0xB0).count("1")  # checksum+reserved, key, sequence number
-    if etype in (0x0800, 0x86DD):
-        return _ip(frame, pos, (), _NO_MACS, depth + 1)
-    if etype == 0x6558 or (etype == 0x88BE and flags & 0x10):
-        return _ethernet(frame, pos + (8 if etype == 0x88BE else 0), depth + 1)
-    if etype == 0x22EB:
-        return _ethernet(frame, pos + 12 + (8 if len(frame) > pos + 11 and frame[pos + 11] & 1 else 0),
-                         depth + 1)
-    return None
-
-
-def _udp_tunnel(frame: bytes, at: int, port: int, depth: int) -> Result | None:
-    """The packet inside VXLAN, GENEVE, Teredo or GTP-U."""
-    if len(frame) < at + 8:
-        return None
-    if port == _VXLAN:
-        return _ethernet(frame, at + 8, depth + 1) if frame[at] & 0x08 else None
-    if port == _GENEVE:
-        return _geneve(frame, at, depth)
-    if port == _TEREDO:
-        return _teredo(frame, at, depth)
-    return _gtp_u(frame, at, depth)
-
-
-def _geneve(frame: bytes, at: int, depth: int) -> Result | None:
-    pos = at + 8 + (frame[at] & 0x3F) * 4
-    etype = int.from_bytes(frame[at + 2:at + 4], "big")
-    if etype == 0x6558:
-        return _ethernet(frame, pos, depth + 1)
-    if etype in (0x0800, 0x86DD):
-        return _ip(frame, pos, (), _NO_MACS, depth + 1)
-    return None
-
-
-def _teredo(frame: bytes, at: int, depth: int) -> Result | None:
-    pos = at
-    if frame[pos:pos + 2] == b"\x00\x01":  # authentication indicator
-        pos += 13 + frame[pos + 2] + frame[pos + 3]
-    if frame[pos:pos + 2] == b"\x00\x00":  # origin indication
-        pos += 8
-    if len(frame) > pos and frame[pos] >> 4 == 6:
-        return _ip(frame, pos, (), _NO_MACS, depth + 1)
-    return None
-
-
-def _gtp_u(frame: bytes, at: int, depth: int) -> Result | None:
-    flags = frame[at]
-    if flags >> 5 != 1 or frame[at + 1] != 0xFF:  # version 1, a G-PDU
-        return None
-    pos = at + 8
-    if flags & 0x07:
-        next_ext = frame[pos + 3]
-        pos += 4
-        while next_ext:
-            size = frame[pos] * 4
-            if size == 0:
-                return "malformed"
-            next_ext = frame[pos + size - 1]
-            pos += size
-    if len(frame) > pos and frame[pos] >> 4 in (4, 6):
-        return _ip(frame, pos, (), _NO_MACS, depth + 1)
-    return None

@@ -1,4 +1,5 @@
-"""Flow key layout (built by decode.py and the fast path in flows.py): reversal and description.
+"""Flow key layout (built by decode.py and the fast path in flows.py): reversal, description, and
+the FlowRecord a finished flow becomes.
 
 TCP, UDP and tunnel keys: `src ip + dst ip + src port + dst port`, then two bytes per VLAN id.
 Other protocols: the protocol number first, then the addresses, the ICMP type and code when it is
@@ -7,9 +8,41 @@ ICMP, then the VLAN ids. Address width follows from the length (at most MAX_VLAN
 
 from __future__ import annotations
 
+import socket
 from typing import Final
 
 from agent.decode import OTHER, TCP
+from agent.records import FlowRecord
+
+_FLAG_LETTERS: Final = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20),
+                        ("E", 0x40), ("C", 0x80))
+
+
+def flag_letters(flags: int) -> str:
+    """TCP flags as letters in the fixed order S F R P A U E C."""
+    return "".join(letter for letter, bit in _FLAG_LETTERS if flags & bit)
+
+
+_FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
+_NO_MAC: Final = bytes(6)
+
+
+def _address(raw: bytes) -> str:
+    return socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def flow_record(table: int, a_key: bytes, first: float, last: float, packets: tuple[int, int],
+                octets: tuple[int, int], flags: tuple[int, int], macs: bytes, end: str) -> FlowRecord:
+    """The record of a finished flow; `macs` is a's MAC then b's, zeros where none was seen."""
+    proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
+    a_mac, b_mac = macs[:6], macs[6:]
+    tcp = table == TCP
+    return FlowRecord(
+        first, last, proto, _address(a_ip), a_port, _address(b_ip), b_port,
+        None if a_mac == _NO_MAC else a_mac.hex(":"), None if b_mac == _NO_MAC else b_mac.hex(":"),
+        vlans, packets[0], packets[1], octets[0], octets[1],
+        _FLAG_STRINGS[flags[0]] if tcp else "", _FLAG_STRINGS[flags[1]] if tcp else "", end,
+    )
 
 
 def reverse_key(table: int, key: bytes) -> bytes:

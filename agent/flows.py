@@ -18,7 +18,6 @@ A visited flow that is not due yet is moved to the slot of its real deadline (la
 from __future__ import annotations
 
 import gc
-import socket
 import struct
 from array import array
 from collections.abc import Callable
@@ -28,25 +27,23 @@ from typing import Final, cast
 from agent.decode import (
     DLT_EN10MB,
     TCP,
-    TUNNEL_PORTS,
     UDP,
     Decoded,
     Result,
     decode_frame,
     transport,
 )
-from agent.flowkeys import describe_key, reverse_key
+from agent.flowkeys import flow_record, reverse_key
 from agent.fragments import Fragment, FragmentTable
 from agent.nonip import ethertype_name
 from agent.records import Counters, FlowRecord
+from agent.tunnels import TUNNEL_PORTS
 
 US: Final = 1_000_000
 PKT_BITS: Final = 28
 PKT_MASK: Final = (1 << PKT_BITS) - 1
 HEADER_BYTES: Final = 64  # enough for Ethernet + 802.1Q + IPv4 + TCP flags
 FREE, OPEN, CLOSING = 0, 1, 2
-_FLAG_LETTERS: Final = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20),
-                        ("E", 0x40), ("C", 0x80))
 _meta_records = struct.Struct("=IIII").iter_unpack
 
 
@@ -56,19 +53,6 @@ class FlowSettings:
     active_timeout: float = 300.0
     tcp_close_grace: float = 2.0
     max_flows: int = 262_144
-
-
-def flag_letters(flags: int) -> str:
-    """TCP flags as letters in the fixed order S F R P A U E C."""
-    return "".join(letter for letter, bit in _FLAG_LETTERS if flags & bit)
-
-
-_FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
-_NO_MAC: Final = bytes(6)
-
-
-def _address(raw: bytes) -> str:
-    return socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
 
 
 class FlowTable:
@@ -424,30 +408,12 @@ class FlowTable:
 
     def _record(self, slot: int, table: int, a_key: bytes, reason: str) -> FlowRecord:
         ja = slot << 1
-        proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
-        count_a, count_b = self._count[ja], self._count[ja + 1]
         last_a, last_b = self._last[ja], self._last[ja + 1]
-        macs = bytes(self._macs[12 * slot:12 * slot + 12])
-        a_mac, b_mac = macs[:6], macs[6:]
-        tcp = table == TCP
-        return FlowRecord(
-            self._first[slot] / US,
-            (last_a if last_a > last_b else last_b) / US,
-            proto,
-            _address(a_ip),
-            a_port,
-            _address(b_ip),
-            b_port,
-            None if a_mac == _NO_MAC else a_mac.hex(":"),
-            None if b_mac == _NO_MAC else b_mac.hex(":"),
-            vlans,
-            count_a & PKT_MASK,
-            count_b & PKT_MASK,
-            count_a >> PKT_BITS,
-            count_b >> PKT_BITS,
-            _FLAG_STRINGS[self._flags[ja]] if tcp else "",
-            _FLAG_STRINGS[self._flags[ja + 1]] if tcp else "",
-            reason,
+        count_a, count_b = self._count[ja], self._count[ja + 1]
+        return flow_record(
+            table, a_key, self._first[slot] / US, (last_a if last_a > last_b else last_b) / US,
+            (count_a & PKT_MASK, count_b & PKT_MASK), (count_a >> PKT_BITS, count_b >> PKT_BITS),
+            (self._flags[ja], self._flags[ja + 1]), bytes(self._macs[12 * slot:12 * slot + 12]), reason,
         )
 
     def flush(self, reason: str = "end") -> None:

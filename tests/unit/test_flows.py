@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from agent.decode import LINKTYPE_RAW
-from agent.flows import PKT_BITS, FlowSettings, FlowTable, flag_letters
+from agent.flowkeys import flag_letters
+from agent.flows import PKT_BITS, FlowSettings, FlowTable
 from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
