@@ -52,6 +52,7 @@ class RunTotals:
             "captures": self.captures,
             "capture_errors": self.capture_errors,
             "frames": frames,
+            "decoded": frames - sum(skipped.values()),
             "in_flows": outer,
             "decapsulated": decapsulated,
             "non_ip": non_ip,
