@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agent.hints import dhcp, dns, hl7
-
-Fields = dict[str, "str | int | list[str] | list[int]"]
+from agent.hints.base import Fields
 
 
 class FlowHinter(Protocol):

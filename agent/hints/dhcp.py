@@ -11,29 +11,21 @@ import re
 import socket
 from typing import Final
 
+from agent.hints.base import DatagramFlow, Fields
+
 NAME: Final = "dhcp"
 _MAGIC: Final = b"\x63\x82\x53\x63"
 _TYPES: Final = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE",
                  8: "INFORM"}
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]{1,64}$")
 
-Fields = dict[str, "str | int | list[str] | list[int]"]
-
 
 def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:
     return proto == "udp" and {a_port, b_port} <= {67, 68}
 
 
-def start() -> DhcpFlow:
-    return DhcpFlow()
-
-
-class DhcpFlow:
-    def __init__(self) -> None:
-        self.done = False
-
-    def feed(self, payload: bytes, from_a: bool) -> list[Fields]:
-        return [parse(payload)]
+def start() -> DatagramFlow:
+    return DatagramFlow(parse)
 
 
 def parse(message: bytes) -> Fields:

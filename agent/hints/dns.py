@@ -9,28 +9,20 @@ from __future__ import annotations
 import socket
 from typing import Final
 
+from agent.hints.base import DatagramFlow, Fields
+
 NAME: Final = "dns"
 PORTS: Final = frozenset({53, 5353, 5355})  # DNS, mDNS, LLMNR
 MAX_POINTERS: Final = 16
 MAX_RECORDS: Final = 32
-
-Fields = dict[str, "str | int | list[str] | list[int]"]
 
 
 def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:
     return proto == "udp" and (a_port in PORTS or b_port in PORTS)
 
 
-def start() -> DnsFlow:
-    return DnsFlow()
-
-
-class DnsFlow:
-    def __init__(self) -> None:
-        self.done = False
-
-    def feed(self, payload: bytes, from_a: bool) -> list[Fields]:
-        return [parse(payload)]
+def start() -> DatagramFlow:
+    return DatagramFlow(parse)
 
 
 def parse(message: bytes) -> Fields:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from agent.hints.base import Fields
+
 NAME: Final = "hl7"
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_BUFFER: Final = 4096
@@ -22,8 +24,6 @@ _MESSAGE_TYPE: Final = re.compile(r"^[A-Z0-9]{2,3}(\^[A-Z0-9]{2,3}(\^[A-Z0-9_]{3
 _VERSION: Final = re.compile(r"^2\.[0-9](\.[0-9])?$")
 _ACK_CODES: Final = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]*$")
-
-Fields = dict[str, "str | int | list[str] | list[int]"]
 
 
 def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:

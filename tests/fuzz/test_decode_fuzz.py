@@ -37,6 +37,7 @@ from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import wardgen
+from batches import pack_us
 
 LINKTYPES = sorted(SUPPORTED_LINKTYPES)
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -332,15 +333,6 @@ def _timed(frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return timed
 
 
-def _capture(timed: list[tuple[int, bytes]]) -> tuple[bytes, bytes]:
-    """Concatenated frames and their 16-byte native-endian (sec, usec, offset, caplen) records."""
-    packets, meta = bytearray(), bytearray()
-    for t, frame in timed:
-        meta += struct.pack("=IIII", t // US, t % US, len(packets), len(frame))
-        packets += frame
-    return bytes(packets), bytes(meta)
-
-
 def run_table(linktype: int, frames: list[tuple[int, bytes]], flow_settings: FlowSettings, batches: int,
               fast_path: bool = True) -> tuple[list[FlowRecord], dict[str, int]]:
     """Feed frames (time step in microseconds, bytes) to a FlowTable in batches, then flush it."""
@@ -350,7 +342,7 @@ def run_table(linktype: int, frames: list[tuple[int, bytes]], flow_settings: Flo
     timed = _timed(frames)
     size = max(1, -(-len(timed) // batches))
     for i in range(0, len(timed), size):
-        table.ingest(*_capture(timed[i:i + size]))
+        table.ingest(*pack_us(timed[i:i + size]))
     table.flush()
     return records, counters.values
 

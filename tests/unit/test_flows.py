@@ -18,6 +18,7 @@ from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import wardgen
+from batches import pack
 from wardgen import ACK, FIN, PSH, RST, SYN, Host
 
 Pkt = tuple[float, bytes]
@@ -33,17 +34,6 @@ ROUTER_MAC = "02:00:00:00:00:fe"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-def pack(packets: Iterable[Pkt]) -> tuple[bytes, bytes]:
-    """Frames and meta as pcapy-ng's next_batch gives them: frames concatenated, then one
-    native-endian (sec, usec, offset, caplen) record per frame."""
-    data, meta = bytearray(), bytearray()
-    for ts, frame in packets:
-        sec, usec = divmod(round(ts * 1e6), 1_000_000)
-        meta += struct.pack("=IIII", sec, usec, len(data), len(frame))
-        data += frame
-    return bytes(data), bytes(meta)
-
 
 class Harness:
     """A FlowTable with its emitted records and counters."""

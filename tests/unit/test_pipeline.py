@@ -16,6 +16,7 @@ from agent.records import Counters, FlowRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import wardgen
+from batches import pack
 from wardgen import ACK, SYN, Host
 
 Pkt = tuple[float, bytes]
@@ -37,16 +38,6 @@ def replayed(paths: Sequence[Path | str], fast_path: bool = True,
     records: list[FlowRecord] = []
     totals = replay([str(p) for p in paths], config or AgentConfig(), records.append, fast_path=fast_path)
     return records, totals
-
-
-def pack(packets: Iterable[Pkt]) -> tuple[bytes, bytes]:
-    """Frames and meta as pcapy-ng's next_batch gives them."""
-    data, meta = bytearray(), bytearray()
-    for ts, frame in packets:
-        sec, usec = divmod(round(ts * 1e6), 1_000_000)
-        meta += struct.pack("=IIII", sec, usec, len(data), len(frame))
-        data += frame
-    return bytes(data), bytes(meta)
 
 
 def udp(src: Host, dst: Host, sport: int, dport: int, payload: bytes = b"") -> bytes:
