@@ -120,14 +120,14 @@ def _decode(frame: bytes, linktype: int) -> Result:
     return "unsupported_link"
 
 
-def _wlan(frame: bytes, at: int) -> Result:
+def _wlan(frame: bytes, at: int, depth: int = 0) -> Result:
     payload = dot11.data_payload(frame, at)
     if not isinstance(payload, tuple):
         return payload
     pos, macs = payload
     if frame[pos:pos + 3] != b"\xaa\xaa\x03":
         return LLC
-    return _ethertype(frame, pos + 6, pos + 8, macs, 0)
+    return _ethertype(frame, pos + 6, pos + 8, macs, depth)
 
 
 def _ppi(frame: bytes) -> Result:
@@ -340,6 +340,12 @@ def _tunnelled(locate: Callable[[bytes, int, int], tunnels.Payload | str | None]
         layer, start = payload
         if layer == "ethernet":
             return _ethernet(frame, start, depth + 1)
+        if layer == "ppp":
+            return _ppp(frame, start, (), _NO_MACS, depth + 1)
+        if layer == "mpls":
+            return _mpls(frame, start, [], _NO_MACS, depth + 1)
+        if layer == "wlan":
+            return _wlan(frame, start, depth + 1)
         return _ip(frame, start, (), _NO_MACS, depth + 1)
     except (IndexError, ValueError):
         return "malformed"

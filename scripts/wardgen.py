@@ -922,8 +922,8 @@ def _conversations(w: _World, flows: int, span: float,
 
 def edge() -> Iterator[Pkt]:
     """Frames whose accounting is easy to get wrong: an ICMP error quoting UDP, IPv4 fragments (in
-    order, tiny, missing, reversed), IP-in-IP, GRE and VXLAN tunnels, a TSO frame (IPv4 total
-    length 0), QinQ and IPv6."""
+    order, tiny, missing, reversed), tunnels (IP-in-IP, GRE, VXLAN, L2TP, PPTP, MPLS in GRE, EtherIP,
+    CAPWAP), a TSO frame (IPv4 total length 0), QinQ and IPv6."""
     a, b = "02:00:00:00:00:01", "02:00:00:00:00:02"
     inner = ipv4("192.168.1.1", "192.168.1.2", 6, tcp(1234, 80, 1, 0, 0x02))
     query = ipv4("10.0.0.1", "10.0.0.2", 17, udp(5000, 53, b"q" * 20))
@@ -942,8 +942,21 @@ def edge() -> Iterator[Pkt]:
         ether(b, a, 0x86DD, ipv6("fd00::1", "fd00::2", 17, udp(9, 9, b"v"))),
         ether(b, a, 0x0800, bytes(tso)),
         *(ether(b, a, 0x0800, f) for f in _odd_fragments()),
+        *(ether(b, a, 0x0800, f) for f in _more_tunnels(inner, ether(b, a, 0x0800, inner, pad=False))),
     ]
     return ((EPOCH + i / 100, frame) for i, frame in enumerate(frames))
+
+
+def _more_tunnels(inner: bytes, inner_frame: bytes) -> list[bytes]:
+    """L2TPv2 and PPTP (both PPP), MPLS in GRE, EtherIP and CAPWAP data, each carrying `inner`."""
+    ppp = b"\xff\x03\x00\x21" + inner
+    return [
+        ipv4("10.11.0.1", "10.11.0.2", 17, udp(1701, 1701, struct.pack("!HHH", 0x0002, 1, 2) + ppp)),
+        ipv4("10.12.0.1", "10.12.0.2", 47, struct.pack("!BBHHHI", 0x30, 0x01, 0x880B, len(ppp), 7, 1) + ppp),
+        ipv4("10.13.0.1", "10.13.0.2", 47, b"\x00\x00\x88\x47" + b"\x00\x01\x01\x40" + inner),
+        ipv4("10.14.0.1", "10.14.0.2", 97, b"\x30\x00" + inner_frame),
+        ipv4("10.15.0.1", "10.15.0.2", 17, udp(5247, 5247, b"\x00\x10\x00\x00" + bytes(4) + inner_frame)),
+    ]
 
 
 def _odd_fragments() -> list[bytes]:

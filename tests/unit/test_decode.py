@@ -639,8 +639,8 @@ def test_gre_transparent_ethernet_bridging() -> None:
     assert _as_tuple(nested)[4] == inner[:12]
 
 
-def test_gre_version_1_is_not_decapsulated() -> None:
-    """GRE version 1 (PPTP) gives the outer flow with no inner packet."""
+def test_pptp_acknowledgement_carries_no_packet() -> None:
+    """A PPTP enhanced-GRE packet with no payload (an acknowledgement) gives no inner packet."""
     gre = struct.pack("!BBH", 0x30, 0x01, 0x880B) + bytes(8)
     assert _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 47, gre)), ETH))[5] is None
 
@@ -971,3 +971,37 @@ def test_provider_backbone_frame_uses_the_customer_frame() -> None:
     frame = wardgen.ether(MAC_B, MAC_A, 0x88E7, b"\0\0\0\x05" + customer, vlans=())
     result = _as_tuple(decode_frame(frame, ETH))
     assert result[0] == TCP and result[4] == bytes.fromhex("02000000000c" "02000000000d")
+
+
+# --- more tunnels: L2TP, PPTP, MPLS in GRE, EtherIP, CAPWAP ----------------------------------------
+
+def _inner_of(frame: bytes) -> object:
+    return _as_tuple(decode_frame(frame, ETH))[5]
+
+
+def test_l2tp_control_message_carries_no_packet() -> None:
+    """An L2TP control message (T bit) keeps its tunnel flow and carries no inner packet."""
+    control = struct.pack("!HHHHH", 0xC802, 12, 1, 0, 0) + bytes(4)
+    frame = _eth(wardgen.ipv4(A4, B4, 17, wardgen.udp(1701, 1701, control)))
+    assert _as_tuple(decode_frame(frame, ETH))[0] == TUNNEL and _inner_of(frame) is None
+
+
+def test_l2tp_data_with_length_and_sequence_fields() -> None:
+    """L2TPv2 data with the L and S bits set: the PPP frame after them is decoded."""
+    header = struct.pack("!HHHHHH", 0x4802, 0, 1, 2, 0, 0)
+    frame = _eth(wardgen.ipv4(A4, B4, 17, wardgen.udp(1701, 1701, header + b"\xff\x03\x00\x21" + _tcp4())))
+    assert _as_tuple(_inner_of(frame))[0] == TCP
+
+
+def test_capwap_fragment_is_not_rebuilt() -> None:
+    """A fragmented CAPWAP data message (F bit) yields no inner packet."""
+    header = (0x00100080).to_bytes(4, "big") + bytes(4)
+    frame = _eth(wardgen.ipv4(A4, B4, 17, wardgen.udp(5247, 5247, header + bytes(40))))
+    assert _inner_of(frame) is None
+
+
+def test_capwap_native_80211_payload() -> None:
+    """CAPWAP data with the T bit carries an 802.11 frame, decoded as such."""
+    header = (0x00100100).to_bytes(4, "big") + bytes(4)
+    frame = _eth(wardgen.ipv4(A4, B4, 17, wardgen.udp(5247, 5247, header + wardgen.wlan_data(_tcp4()))))
+    assert _as_tuple(_inner_of(frame))[0] == TCP
