@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-END_REASONS = ("fin", "rst", "idle", "active", "evicted", "end")
-
 
 class FlowRecord(NamedTuple):
     """One bidirectional flow; side a is the initiator.
