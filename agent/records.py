@@ -52,3 +52,64 @@ class Counters:
 
     def get(self, name: str) -> int:
         return self.values.get(name, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoHint:
+    """Allow-listed metadata one hinter read from one message of a flow's head, or from a frame.
+
+    Oriented by sender: `src_*` sent the message. `initiator` says whether the sender opened the
+    flow (a DICOM association requester, a TLS client). Frame-level hints (LLDP, CDP) have no IPs
+    or ports. `fields` holds only what the hinter's allow-list lets through.
+    """
+
+    ts: float
+    app: str
+    proto: str | int
+    src_mac: str | None
+    src_ip: str | None
+    src_port: int
+    dst_mac: str | None
+    dst_ip: str | None
+    dst_port: int
+    initiator: bool
+    fields: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "hint", "ts": self.ts, "app": self.app, "proto": self.proto,
+                "src_mac": self.src_mac, "src_ip": self.src_ip, "src_port": self.src_port,
+                "dst_mac": self.dst_mac, "dst_ip": self.dst_ip, "dst_port": self.dst_port,
+                "initiator": self.initiator, "fields": self.fields}
+
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something a security team should look at, in one sentence with its numbers (issue 4's shape).
+
+    `key` de-duplicates: the same key within a suppression window is one finding.
+    """
+
+    kind: str
+    severity: str
+    ts: float
+    src_ip: str | None
+    src_port: int | None
+    dst_ip: str | None
+    dst_port: int | None
+    proto: str | int | None
+    device: str | None
+    role: str | None
+    peer_role: str | None
+    summary: str
+    evidence: dict[str, Any]
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "finding", "kind": self.kind, "severity": self.severity, "ts": self.ts,
+                "src_ip": self.src_ip, "src_port": self.src_port, "dst_ip": self.dst_ip,
+                "dst_port": self.dst_port, "proto": self.proto, "device": self.device, "role": self.role,
+                "peer_role": self.peer_role, "summary": self.summary, "evidence": self.evidence,
+                "key": self.key}

@@ -1,11 +1,13 @@
 """Protocol hints: allow-listed metadata from the first payload packets of a flow (DESIGN.md section 3).
 
-A hinter module offers `accepts(proto, a_port, b_port, payload) -> bool`, decided on a flow's first
-payload, and `start() -> FlowHinter`, one per flow. The flow table will hand a FlowHinter only the
-first K payload packets of each direction (issue 3 wires this into the flow head). `feed` returns
-the metadata it could read; it raises ValueError on garbage, which the caller counts and stops
-feeding that flow. A hinter never returns anything outside its allow-list: no HL7 segment but MSH
-and MSA, no DICOM data set, no secret.
+A hinter module offers `accepts(proto, a_port, b_port, payload, from_a) -> bool`, asked for each of
+a flow's head payloads until one hinter accepts (side a is the flow's initiator), and
+`start(options) -> FlowHinter`, one per flow. The flow table hands a FlowHinter only the first K
+payload packets of each direction. `feed` returns the metadata it could read; it raises ValueError
+on garbage, which the caller counts and stops feeding that flow; `done` set by the hinter ends the
+head early. `close` is called once when the flow leaves its head (or ends) and returns what the
+hinter still held (a login whose outcome never came, say). A hinter never returns anything outside
+its allow-list: no HL7 segment but MSH and MSA, no DICOM data set, no secret.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agent.hints import dhcp, dns, hl7
-from agent.hints.base import Fields
+from agent.hints.base import Fields, HintOptions
 
 
 class FlowHinter(Protocol):
@@ -21,13 +23,15 @@ class FlowHinter(Protocol):
 
     def feed(self, payload: bytes, from_a: bool) -> list[Fields]: ...
 
+    def close(self) -> list[Fields]: ...
+
 
 class HinterModule(Protocol):
     NAME: str
 
-    def accepts(self, proto: str, a_port: int, b_port: int, payload: bytes) -> bool: ...
+    def accepts(self, proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool: ...
 
-    def start(self) -> FlowHinter: ...
+    def start(self, options: HintOptions) -> FlowHinter: ...
 
 
 HINTERS: tuple[HinterModule, ...] = (dhcp, dns, hl7)

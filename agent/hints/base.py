@@ -1,10 +1,18 @@
-"""What every hinter shares: the shape of its output, and the flow for one-message datagrams."""
+"""What every hinter shares: the shape of its output and options, and the flow for datagrams."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-Fields = dict[str, "str | int | list[str] | list[int]"]
+Fields = dict[str, "str | int | bool | list[str] | list[int]"]
+
+
+@dataclass(frozen=True, slots=True)
+class HintOptions:
+    """Site policy the hinters obey. Off by default: user names are personal data too."""
+
+    record_user: bool = False
 
 
 class DatagramFlow:
@@ -16,3 +24,6 @@ class DatagramFlow:
 
     def feed(self, payload: bytes, from_a: bool) -> list[Fields]:
         return [self._parse(payload)]
+
+    def close(self) -> list[Fields]:
+        return []

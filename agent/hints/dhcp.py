@@ -11,7 +11,7 @@ import re
 import socket
 from typing import Final
 
-from agent.hints.base import DatagramFlow, Fields
+from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "dhcp"
 _MAGIC: Final = b"\x63\x82\x53\x63"
@@ -20,11 +20,11 @@ _TYPES: Final = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK"
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]{1,64}$")
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:
+def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     return proto == "udp" and {a_port, b_port} <= {67, 68}
 
 
-def start() -> DatagramFlow:
+def start(options: HintOptions) -> DatagramFlow:
     return DatagramFlow(parse)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Final
 
-from agent.hints.base import DatagramFlow, Fields
+from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "dns"
 PORTS: Final = frozenset({53, 5353, 5355})  # DNS, mDNS, LLMNR
@@ -17,11 +17,11 @@ MAX_POINTERS: Final = 16
 MAX_RECORDS: Final = 32
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:
+def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     return proto == "udp" and (a_port in PORTS or b_port in PORTS)
 
 
-def start() -> DatagramFlow:
+def start(options: HintOptions) -> DatagramFlow:
     return DatagramFlow(parse)
 
 

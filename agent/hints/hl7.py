@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from agent.hints.base import Fields
+from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "hl7"
 START, END = b"\x0b", b"\x1c\x0d"
@@ -26,12 +26,12 @@ _ACK_CODES: Final = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]*$")
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes) -> bool:
+def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     """An MLLP frame start followed by an MSH segment, whatever the port."""
     return proto == "tcp" and payload[:4] == START + b"MSH"
 
 
-def start() -> Hl7Flow:
+def start(options: HintOptions) -> Hl7Flow:
     return Hl7Flow()
 
 
@@ -64,6 +64,9 @@ class Hl7Flow:
                 self._buffers[from_a] = bytearray()
                 return found
             del buffer[:stop + len(END)]
+
+    def close(self) -> list[Fields]:
+        return []
 
 
 def _header(message: bytes) -> Fields | None:

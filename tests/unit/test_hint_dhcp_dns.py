@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.hints import HINTERS, dhcp, dns
+from agent.hints.base import HintOptions
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True)
 
@@ -64,9 +65,9 @@ def test_dns_pointer_loop_is_refused() -> None:
 
 def test_registry_picks_by_protocol_and_port() -> None:
     """Each hinter accepts its own traffic only."""
-    names = {h.NAME for h in HINTERS if h.accepts("udp", 68, 67, _discover())}
+    names = {h.NAME for h in HINTERS if h.accepts("udp", 68, 67, _discover(), True)}
     assert names == {"dhcp"}
-    assert {h.NAME for h in HINTERS if h.accepts("udp", 51000, 53, b"")} == {"dns"}
+    assert {h.NAME for h in HINTERS if h.accepts("udp", 51000, 53, b"", True)} == {"dns"}
 
 
 @FUZZ
@@ -75,7 +76,7 @@ def test_random_bytes_never_escape_as_another_exception(payload: bytes) -> None:
     """Random payloads give fields or ValueError, nothing else, for every hinter."""
     for hinter in HINTERS:
         with contextlib.suppress(ValueError):
-            hinter.start().feed(payload, True)
+            hinter.start(HintOptions()).feed(payload, True)
 
 
 @FUZZ

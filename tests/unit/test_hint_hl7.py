@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.hints import hl7
+from agent.hints.base import HintOptions
 
 CANARIES = ("CANARYSMITH", "CANARYJANE", "MRN998877", "19700101", "CANARYSTREET", "555CANARY")
 
@@ -33,7 +34,7 @@ def _ack(code: str = "AA") -> bytes:
 
 
 def _feed_all(chunks: list[bytes], from_a: bool = True) -> list[dict[str, object]]:
-    flow = hl7.start()
+    flow = hl7.start(HintOptions())
     found: list[dict[str, object]] = []
     for chunk in chunks:
         found += flow.feed(chunk, from_a)
@@ -61,14 +62,14 @@ def test_other_separators_are_honoured() -> None:
 
 def test_accepts_mllp_on_any_port() -> None:
     """Detection is by the MLLP start byte and MSH, not by port."""
-    assert hl7.accepts("tcp", 51000, 6661, _message())
-    assert not hl7.accepts("tcp", 51000, 2575, b"GET / HTTP/1.1\r\n")
+    assert hl7.accepts("tcp", 51000, 6661, _message(), True)
+    assert not hl7.accepts("tcp", 51000, 2575, b"GET / HTTP/1.1\r\n", True)
 
 
 def test_garbage_after_the_start_byte_is_refused() -> None:
     """An MLLP start byte not followed by MSH is a parse error, counted by the caller."""
     with pytest.raises(ValueError):
-        hl7.start().feed(b"\x0bXYZ|junk\r\x1c\r", True)
+        hl7.start(HintOptions()).feed(b"\x0bXYZ|junk\r\x1c\r", True)
 
 
 def test_two_messages_in_one_segment() -> None:
