@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--config", metavar="FILE", help="agent TOML configuration (defaults otherwise)")
     rep.add_argument("--emit", metavar="FILE", default="-", help="JSON Lines output, - for stdout (default)")
     rep.add_argument("--report", metavar="FILE", help="also write a readable summary, - for stderr")
+    rep.add_argument("--hints", action="store_true",
+                     help="also emit the protocol hints read from flow heads (type hint)")
     rep.add_argument("--no-fast-path", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -58,7 +60,8 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
         if writer is not None:
             sinks.append(writer.flow)
         on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
-        totals = replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path)
+        totals = replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
+                        on_hint=writer.hint if writer is not None and args.hints else None)
         summary = totals.summary()
         if writer is not None:
             writer.record(summary)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agent.flowhead import HintSettings
 from agent.flows import FlowSettings
+from agent.hints import HINTERS
 
 EX_CONFIG: Final = 78
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -38,6 +40,7 @@ class LogSettings:
 class AgentConfig:
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     flows: FlowSettings = field(default_factory=FlowSettings)
+    hints: HintSettings = field(default_factory=HintSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -72,6 +75,15 @@ def _of_type(kind: type, choices: tuple[str, ...] = ()) -> Check:
     return check
 
 
+def _names(known: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"must be a list of names, got {value!r}"
+        unknown = [v for v in value if v not in known]
+        return f"unknown {', '.join(unknown)} (known: {', '.join(known)})" if unknown else None
+    return check
+
+
 _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
     "capture": (CaptureSettings, {
         "interface": _of_type(str),
@@ -87,6 +99,13 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "active_timeout": _number(1, 600),
         "tcp_close_grace": _number(0, 60),
         "max_flows": _number(1, 16_777_216, integer=True),
+    }),
+    "hints": (HintSettings, {
+        "enabled": _of_type(bool),
+        "packets": _number(1, 64, integer=True),
+        "bytes": _number(64, 1 << 20, integer=True),
+        "record_user": _of_type(bool),
+        "disabled": _names(tuple(h.NAME for h in HINTERS)),
     }),
     "log": (LogSettings, {"level": _of_type(str, LOG_LEVELS)}),
 }
@@ -112,7 +131,7 @@ def parse(document: Mapping[str, Any]) -> AgentConfig:
             elif (problem := check(value)) is not None:
                 problems.append(f"{name}.{key}: {problem}")
             else:
-                values[key] = value
+                values[key] = tuple(value) if isinstance(value, list) else value
         sections[name] = settings_type(**values)
     flows = sections.get("flows")
     if isinstance(flows, FlowSettings) and flows.active_timeout < flows.idle_timeout:

@@ -26,8 +26,9 @@ UDP: Final = 1
 OTHER: Final = 2
 TUNNEL: Final = 3  # outer UDP flows of tunnels: keyed like UDP, never seen by the fast path
 
-# (table, key, IP-layer bytes, TCP flags, dst MAC + src MAC or b"", the tunnelled packet or None)
-Decoded = tuple[int, bytes, int, int, bytes, "Result | None"]
+# (table, key, IP-layer bytes, TCP flags, dst MAC + src MAC or b"", the tunnelled packet or None,
+#  the TCP or UDP segment from its header on, or b"" (flowhead.py reads payloads of flow heads))
+Decoded = tuple[int, bytes, int, int, bytes, "Result | None", bytes]
 Result = Decoded | Fragment | int | str
 
 LLC: Final = -1
@@ -312,20 +313,20 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
         sport, dport = frame[at:at + 2], frame[at + 2:at + 4]
         key = src + dst + sport + dport + tags
         if proto == 6:
-            return (TCP, key, total, frame[at + 13], macs, None)
+            return (TCP, key, total, frame[at + 13], macs, None, frame[at:])
         port = tunnels.tunnel_port(sport, dport)
         if port is None:
-            return (UDP, key, total, 0, macs, None)
-        return (TUNNEL, key, total, 0, macs, _tunnelled(tunnels.in_udp, frame, at + 8, port, depth))
+            return (UDP, key, total, 0, macs, None, frame[at:])
+        return (TUNNEL, key, total, 0, macs, _tunnelled(tunnels.in_udp, frame, at + 8, port, depth), b"")
     head = proto.to_bytes(1, "big")
     if proto == 1 or proto == 58:
         if len(frame) < at + 2:
             return "truncated_l4"
         requests = _ICMP_REQUEST_OF if proto == 1 else _ICMP6_REQUEST_OF
         kind = requests.get(frame[at], frame[at]).to_bytes(1, "big") + frame[at + 1:at + 2]
-        return (OTHER, head + src + dst + kind + tags, total, 0, macs, None)
+        return (OTHER, head + src + dst + kind + tags, total, 0, macs, None, b"")
     inner = _tunnelled(tunnels.in_ip, frame, at, proto, depth)
-    return (OTHER, head + src + dst + tags, total, 0, macs, inner)
+    return (OTHER, head + src + dst + tags, total, 0, macs, inner, b"")
 
 
 def _tunnelled(locate: Callable[[bytes, int, int], tunnels.Payload | str | None], frame: bytes, at: int,

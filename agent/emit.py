@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from typing import Any, TextIO
 
-from agent.records import FlowRecord
+from agent.records import FlowRecord, ProtoHint
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -41,6 +41,9 @@ class JsonLines:
 
     def flow(self, record: FlowRecord) -> None:
         self._write(flow_line(record))
+
+    def hint(self, hint: ProtoHint) -> None:
+        self._write(_dumps(hint.to_dict()) + "\n")
 
     def record(self, record: dict[str, Any]) -> None:
         self._write(_dumps(record) + "\n")

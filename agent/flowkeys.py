@@ -27,7 +27,8 @@ _FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
 _NO_MAC: Final = bytes(6)
 
 
-def _address(raw: bytes) -> str:
+def address(raw: bytes) -> str:
+    """Text form of a 4- or 16-byte address."""
     return socket.inet_ntoa(raw) if len(raw) == 4 else socket.inet_ntop(socket.AF_INET6, raw)
 
 
@@ -38,7 +39,7 @@ def flow_record(table: int, a_key: bytes, first: float, last: float, packets: tu
     a_mac, b_mac = macs[:6], macs[6:]
     tcp = table == TCP
     return FlowRecord(
-        first, last, proto, _address(a_ip), a_port, _address(b_ip), b_port,
+        first, last, proto, address(a_ip), a_port, address(b_ip), b_port,
         None if a_mac == _NO_MAC else a_mac.hex(":"), None if b_mac == _NO_MAC else b_mac.hex(":"),
         vlans, packets[0], packets[1], octets[0], octets[1],
         _FLAG_STRINGS[flags[0]] if tcp else "", _FLAG_STRINGS[flags[1]] if tcp else "", end,

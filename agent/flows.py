@@ -32,10 +32,12 @@ from agent.decode import (
     transport,
 )
 from agent.expiry import CLOSING, FREE, OPEN, US, Expiry
-from agent.flowkeys import flow_record, reverse_key
+from agent.flowhead import HEAD, FlowContext, FlowHeads, HintSettings, Ports
+from agent.flowkeys import address, describe_key, flow_record, reverse_key
 from agent.fragments import Fragment, FragmentTable
+from agent.hints import HINTERS
 from agent.nonip import ethertype_name
-from agent.records import Counters, FlowRecord
+from agent.records import Counters, FlowRecord, ProtoHint
 from agent.tunnels import TUNNEL_PORTS
 
 PKT_BITS: Final = 28
@@ -56,7 +58,9 @@ class FlowTable(Expiry):
     """Accounts packets into flows and hands each finished flow to `emit`."""
 
     def __init__(self, settings: FlowSettings, emit: Callable[[FlowRecord], None], counters: Counters,
-                 linktype: int = DLT_EN10MB, fast_path: bool = True) -> None:
+                 linktype: int = DLT_EN10MB, fast_path: bool = True,
+                 on_hint: Callable[[ProtoHint], None] | None = None,
+                 hints: HintSettings | None = None) -> None:
         self._emit = emit
         self._counters = counters
         self.linktype = linktype
@@ -76,6 +80,9 @@ class FlowTable(Expiry):
         self._free: list[int] = []
         self._continuing: dict[bytes, int] = {}  # a-keys of flows cut by the active timeout
         self._fragments = FragmentTable(counters)
+        hints = hints or HintSettings()
+        self._heads = (FlowHeads(hints, HINTERS, on_hint, counters, self._ports, self._context)
+                       if on_hint is not None and hints.enabled else None)
         self.live = 0
         self.peak_live = 0
         self._now = 0
@@ -127,22 +134,37 @@ class FlowTable(Expiry):
                         f = d[47]
                         j = tcp_get(k)
                         if j is not None and not f & 7:
-                            count[j] += d[16] << 36 | d[17] << 28 | 1
+                            try:
+                                count[j] += d[16] << 36 | d[17] << 28 | 1
+                            except IndexError:  # a flow in its head (flowhead.py): payload to the hinters
+                                n = d[16] << 8 | d[17]
+                                if n > 20 + (d[46] >> 4) * 4:
+                                    account(TCP, k, n, f, d[:12], t, pk[off + 34:off + 14 + n])
+                                    continue
+                                j -= HEAD
+                                count[j] += d[16] << 36 | d[17] << 28 | 1
                             flags[j] |= f
                             last[j] = t
                         else:
-                            account(TCP, k, d[16] << 8 | d[17], f, d[:12], t)
+                            n = d[16] << 8 | d[17]
+                            account(TCP, k, n, f, d[:12], t, pk[off + 34:off + 14 + n])
                         continue
                     if p == 17:
                         k = d[26:38]
                         j = udp_get(k)
                         if j is not None:
-                            count[j] += d[16] << 36 | d[17] << 28 | 1
+                            try:
+                                count[j] += d[16] << 36 | d[17] << 28 | 1
+                            except IndexError:  # a flow in its head (flowhead.py)
+                                n = d[16] << 8 | d[17]
+                                account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + 14 + n])
+                                continue
                             last[j] = t
                         elif d[34] << 8 | d[35] in TUNNEL_PORTS or d[36] << 8 | d[37] in TUNNEL_PORTS:
                             slow(pk[off:off + cl], t)
                         else:
-                            account(UDP, k, d[16] << 8 | d[17], 0, d[:12], t)
+                            n = d[16] << 8 | d[17]
+                            account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + 14 + n])
                         continue
                 elif (cl > 57 and d[12] == 129 and d[13] == 0 and d[14] < 16 and d[16] == 8 and d[17] == 0
                       and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 33)):
@@ -152,22 +174,37 @@ class FlowTable(Expiry):
                         f = d[51]
                         j = tcp_get(k)
                         if j is not None and not f & 7:
-                            count[j] += d[20] << 36 | d[21] << 28 | 1
+                            try:
+                                count[j] += d[20] << 36 | d[21] << 28 | 1
+                            except IndexError:  # a flow in its head (flowhead.py): payload to the hinters
+                                n = d[20] << 8 | d[21]
+                                if n > 20 + (d[50] >> 4) * 4:
+                                    account(TCP, k, n, f, d[:12], t, pk[off + 38:off + 18 + n])
+                                    continue
+                                j -= HEAD
+                                count[j] += d[20] << 36 | d[21] << 28 | 1
                             flags[j] |= f
                             last[j] = t
                         else:
-                            account(TCP, k, d[20] << 8 | d[21], f, d[:12], t)
+                            n = d[20] << 8 | d[21]
+                            account(TCP, k, n, f, d[:12], t, pk[off + 38:off + 18 + n])
                         continue
                     if p == 17:
                         k = d[30:42] + d[14:16]
                         j = udp_get(k)
                         if j is not None:
-                            count[j] += d[20] << 36 | d[21] << 28 | 1
+                            try:
+                                count[j] += d[20] << 36 | d[21] << 28 | 1
+                            except IndexError:  # a flow in its head (flowhead.py)
+                                n = d[20] << 8 | d[21]
+                                account(UDP, k, n, 0, d[:12], t, pk[off + 38:off + 18 + n])
+                                continue
                             last[j] = t
                         elif d[38] << 8 | d[39] in TUNNEL_PORTS or d[40] << 8 | d[41] in TUNNEL_PORTS:
                             slow(pk[off:off + cl], t)
                         else:
-                            account(UDP, k, d[20] << 8 | d[21], 0, d[:12], t)
+                            n = d[20] << 8 | d[21]
+                            account(UDP, k, n, 0, d[:12], t, pk[off + 38:off + 18 + n])
                         continue
                 slow(pk[off:off + cl], t)
             except OverflowError:  # a byte counter is full: _account cuts that flow and starts afresh
@@ -180,7 +217,7 @@ class FlowTable(Expiry):
         result = decode_frame(frame, self.linktype)
         if type(result) is tuple:  # a Decoded packet (a Fragment is a tuple subclass, not a tuple)
             packet = cast(Decoded, result)
-            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
+            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t, packet[6])
             if packet[5] is not None:
                 self._decapsulated(packet[5], t)
         elif type(result) is int:
@@ -209,28 +246,61 @@ class FlowTable(Expiry):
         """A tunnelled packet also joins its own flow; the frame is accounted once, by its outer flow."""
         while type(inner) is tuple:
             packet = cast(Decoded, inner)
-            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
+            self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t, packet[6])
             self._counters.add("decapsulated")
             inner = packet[5]
         if inner is not None:
             self._counters.add("tunnel_inner_not_counted")
 
-    def _account(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int) -> None:
+    def _account(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int,
+                 segment: bytes = b"") -> None:
         j = self._tables[table].get(key)
+        in_head = j is not None and j >= HEAD
+        if in_head:
+            j -= HEAD  # type: ignore[operator]
         if j is not None and table == TCP and tcp_flags & 7:
             j = self._tcp_control(j, tcp_flags, t)
         if j is None:
-            self._open(table, key, iplen, tcp_flags, macs, t)
+            self._open(table, key, iplen, tcp_flags, macs, t, segment)
             return
         try:
             self._count[j] += iplen << PKT_BITS | 1
         except OverflowError:
             self._counters.add("counter_overflow")
             self._end(j >> 1, "active")
-            self._open(table, key, iplen, tcp_flags, macs, t)
+            self._open(table, key, iplen, tcp_flags, macs, t, segment)
             return
         self._flags[j] |= tcp_flags
         self._last[j] = t
+        if in_head and segment:
+            self._feed_head(j, table, segment, t)
+
+    def _feed_head(self, j: int, table: int, segment: bytes, t: int) -> None:
+        """A packet of a flow in its head: to the hinters; when the head is over, the flow goes fast."""
+        assert self._heads is not None
+        if self._heads.feed(j >> 1, not j & 1, segment, table == TCP, t):
+            ja = j & ~1
+            tab = self._tables[table]
+            a_key, b_key = self._keys[ja], self._keys[ja + 1]
+            tab[a_key] = ja
+            if b_key != a_key:
+                tab[b_key] = ja + 1
+
+    def _ports(self, slot: int) -> Ports:
+        """Protocol and ports of the TCP or UDP flow in `slot`, the little hinters choose by."""
+        key = self._keys[slot << 1]
+        at = 8 if len(key) < 36 else 32
+        proto = "tcp" if self._table_of[slot] == TCP else "udp"
+        return proto, key[at] << 8 | key[at + 1], key[at + 2] << 8 | key[at + 3]
+
+    def _context(self, slot: int) -> FlowContext:
+        """Who the flow in `slot` is between, for the hints read from it."""
+        ja = slot << 1
+        proto, a_ip, a_port, b_ip, b_port, _ = describe_key(self._table_of[slot], self._keys[ja])
+        macs = self._macs[12 * slot:12 * slot + 12]
+        a_mac, b_mac = macs[:6], macs[6:]
+        return (proto, address(a_ip), a_port, address(b_ip), b_port,
+                a_mac.hex(":") if any(a_mac) else None, b_mac.hex(":") if any(b_mac) else None)
 
     def _tcp_control(self, j: int, tcp_flags: int, t: int) -> int | None:
         """SYN, FIN or RST on a known flow; returns the number to count into (None: a new flow)."""
@@ -243,20 +313,25 @@ class FlowTable(Expiry):
             self._schedule(j & ~1, (t + self._grace) // US + 1)
         return j
 
-    def _open(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int) -> None:
+    def _open(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int,
+              segment: bytes = b"") -> None:
         if self.live >= self._max_flows:
             self._evict()
         rkey = reverse_key(table, key)
         swapped = table == TCP and tcp_flags & 0x12 == 0x12  # a SYN-ACK seen first: its receiver began
+        in_head = self._heads is not None and table <= UDP
         if self._continuing:
-            swapped = self._continued_orientation(key, rkey, swapped)
+            continued = self._continued_orientation(key, rkey)
+            if continued is not None:
+                swapped, in_head = continued, False  # its head was read before the active cut
         slot = self._free.pop() if self._free else self._allocate()
         ja = slot << 1
         a_key, b_key = (rkey, key) if swapped else (key, rkey)
         tab = self._tables[table]
-        tab[a_key] = ja
+        filed = ja + HEAD if in_head else ja
+        tab[a_key] = filed
         if b_key != a_key:
-            tab[b_key] = ja + 1
+            tab[b_key] = filed + 1
         keys, count, flags, last = self._keys, self._count, self._flags, self._last
         keys[ja] = a_key
         keys[ja + 1] = b_key
@@ -280,13 +355,19 @@ class FlowTable(Expiry):
         else:
             self._state[slot] = OPEN
             self._schedule(ja, (t + self._idle) // US + 1)
+        if in_head:
+            assert self._heads is not None
+            self._heads.open(slot)
+            if segment:
+                self._feed_head(j, table, segment, t)
 
-    def _continued_orientation(self, key: bytes, rkey: bytes, swapped: bool) -> bool:
+    def _continued_orientation(self, key: bytes, rkey: bytes) -> bool | None:
+        """Whether a flow cut by the active timeout continues swapped; None if it is no continuation."""
         if self._continuing.pop(key, None) is not None:
             return False
         if self._continuing.pop(rkey, None) is not None:
             return True
-        return swapped
+        return None
 
     def _allocate(self) -> int:
         """A new slot at the end of every column (freed slots are reused first, by _open)."""
@@ -304,6 +385,8 @@ class FlowTable(Expiry):
 
     def _end(self, slot: int, reason: str) -> None:
         ja = slot << 1
+        if self._heads is not None:
+            self._heads.end(slot, max(self._last[ja], self._last[ja + 1]))
         table = self._table_of[slot]
         tab = self._tables[table]
         a_key, b_key = self._keys[ja], self._keys[ja + 1]

@@ -12,7 +12,7 @@ import structlog
 from agent.capture import CaptureError, KernelStats, open_offline
 from agent.config import AgentConfig
 from agent.flows import FlowTable
-from agent.records import Counters, FlowRecord
+from agent.records import Counters, FlowRecord, ProtoHint
 
 log = structlog.get_logger("agent.pipeline")
 
@@ -65,6 +65,7 @@ class RunTotals:
             "evicted": values.get("flows.evicted", 0),
             "peak_live_flows": self.peak_live_flows,
             "clock_backwards": values.get("clock.backwards", 0),
+            "hints": group("hints."),
             "kernel": {"received": self.kernel.received, "dropped": self.kernel.dropped,
                        "if_dropped": self.kernel.if_dropped},
             "seconds": round(self.seconds, 3),
@@ -72,7 +73,7 @@ class RunTotals:
 
 
 def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRecord], None],
-           fast_path: bool = True) -> RunTotals:
+           fast_path: bool = True, on_hint: Callable[[ProtoHint], None] | None = None) -> RunTotals:
     """Run the pipeline over capture files in order, as one stream of packets; never raises on traffic."""
     totals = RunTotals()
     started = time.perf_counter()
@@ -81,7 +82,8 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
         totals.count_flow(record)
         on_flow(record)
 
-    table = FlowTable(config.flows, emit, totals.counters, fast_path=fast_path)
+    table = FlowTable(config.flows, emit, totals.counters, fast_path=fast_path, on_hint=on_hint,
+                      hints=config.hints)
     for path in paths:
         totals.captures.append(path)
         try:

@@ -54,13 +54,13 @@ class Counters:
         return self.values.get(name, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class ProtoHint:
+class ProtoHint(NamedTuple):
     """Allow-listed metadata one hinter read from one message of a flow's head, or from a frame.
 
     Oriented by sender: `src_*` sent the message. `initiator` says whether the sender opened the
-    flow (a DICOM association requester, a TLS client). Frame-level hints (LLDP, CDP) have no IPs
-    or ports. `fields` holds only what the hinter's allow-list lets through.
+    flow (a DICOM association requester, a TLS client). Frame-level hints (LLDP, CDP, ARP) have no
+    ports. `fields` holds only what the hinter's allow-list lets through. A NamedTuple, like
+    FlowRecord: a DNS-heavy ward makes one per message.
     """
 
     ts: float
@@ -76,10 +76,7 @@ class ProtoHint:
     fields: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "hint", "ts": self.ts, "app": self.app, "proto": self.proto,
-                "src_mac": self.src_mac, "src_ip": self.src_ip, "src_port": self.src_port,
-                "dst_mac": self.dst_mac, "dst_ip": self.dst_ip, "dst_port": self.dst_port,
-                "initiator": self.initiator, "fields": self.fields}
+        return {"type": "hint", **self._asdict()}
 
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")

@@ -20,7 +20,7 @@ _TYPES: Final = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK"
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]{1,64}$")
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
+def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     return proto == "udp" and {a_port, b_port} <= {67, 68}
 
 

@@ -17,7 +17,7 @@ MAX_POINTERS: Final = 16
 MAX_RECORDS: Final = 32
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
+def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     return proto == "udp" and (a_port in PORTS or b_port in PORTS)
 
 

@@ -26,7 +26,7 @@ _ACK_CODES: Final = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]*$")
 
 
-def accepts(proto: str, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
+def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
     """An MLLP frame start followed by an MSH segment, whatever the port."""
     return proto == "tcp" and payload[:4] == START + b"MSH"
 

@@ -207,8 +207,8 @@ def check_result(result: object, depth: int = 0) -> None:
     if type(result) is int:
         assert -6 <= result <= 0xFFFF, result  # an ethertype or a named non-IP code (agent.nonip)
         return
-    assert type(result) is tuple and len(result) == 6, result
-    table, key, iplen, flags, macs, inner = result
+    assert type(result) is tuple and len(result) == 7, result
+    table, key, iplen, flags, macs, inner, segment = result
     assert table in (TCP, UDP, OTHER, TUNNEL)
     assert type(key) is bytes and type(macs) is bytes
     assert len(macs) in (0, 12)

@@ -402,7 +402,7 @@ def test_icmp_with_vlan_tag_appends_vid_after_type_and_code() -> None:
 def test_other_ipv4_protocol_key_is_proto_src_dst(proto: int) -> None:
     """IPv4 protocols other than TCP/UDP/ICMP (SCTP, ESP, OSPF, PIM) are keyed by proto, src, dst."""
     packet = wardgen.ipv4(A4, B4, proto, bytes(16))
-    table, key, count, flags, _, inner = _as_tuple(decode_frame(_eth(packet), ETH))
+    table, key, count, flags, _, inner, _ = _as_tuple(decode_frame(_eth(packet), ETH))
     assert (table, key, count, flags, inner) == (OTHER, bytes([proto]) + _packed(A4) + _packed(B4), 36, 0,
                                                  None)
 
@@ -453,7 +453,7 @@ def test_unsupported_linktype() -> None:
 
 def test_sll_decodes_like_ethernet_with_the_source_mac() -> None:
     """Linux cooked (113): same key as Ethernet; MACs are six zero bytes then the source address."""
-    table, key, count, flags, macs, _ = _as_tuple(decode_frame(wardgen.sll(_tcp4(), addr=MAC_A), 113))
+    table, key, count, flags, macs, _, _ = _as_tuple(decode_frame(wardgen.sll(_tcp4(), addr=MAC_A), 113))
     assert (table, key, count, flags) == (TCP, _key4(40000, 443), 40, wardgen.ACK)
     assert macs == bytes(6) + _packed_mac(MAC_A)
 
@@ -486,7 +486,7 @@ def _sll2(payload: bytes, ethertype: int, addr_len: int = 6) -> bytes:
 
 def test_sll2_decodes_with_the_source_mac() -> None:
     """Linux cooked v2 (276): protocol first, MAC from the address field."""
-    table, key, _, _, macs, _ = _as_tuple(decode_frame(_sll2(_tcp4(), 0x0800), 276))
+    table, key, _, _, macs, _, _ = _as_tuple(decode_frame(_sll2(_tcp4(), 0x0800), 276))
     assert (table, key, macs) == (TCP, _key4(40000, 443), bytes(6) + _packed_mac(MAC_A))
 
 
@@ -500,7 +500,7 @@ def test_sll2_without_a_six_byte_address_has_no_macs() -> None:
 def test_raw_ip_linktypes(linktype: int, family: str) -> None:
     """Raw IP link types decode by the version nibble and carry no MACs."""
     packet, expected = (_tcp4(), _key4(40000, 443)) if family == "v4" else (_tcp6(), _key6(40000, 443))
-    table, key, count, _, macs, _ = _as_tuple(decode_frame(packet, linktype))
+    table, key, count, _, macs, _, _ = _as_tuple(decode_frame(packet, linktype))
     assert (table, key, count, macs) == (TCP, expected, len(packet), b"")
 
 
@@ -596,7 +596,7 @@ def test_ip_in_ip_outer_flow_and_inner_decode() -> None:
     """IP-in-IP (4): the outer OTHER flow keyed 4+src+dst, element 5 the inner packet's decode."""
     inner = _inner_tcp()
     outer = wardgen.ipv4(A4, B4, 4, inner)
-    table, key, count, _, _, nested = _as_tuple(decode_frame(_eth(outer), ETH))
+    table, key, count, _, _, nested, _ = _as_tuple(decode_frame(_eth(outer), ETH))
     assert (table, key, count) == (OTHER, b"\x04" + _packed(A4) + _packed(B4), len(outer))
     assert nested == decode_frame(inner, RAW)
     assert _as_tuple(nested)[0] == TCP
@@ -605,7 +605,7 @@ def test_ip_in_ip_outer_flow_and_inner_decode() -> None:
 def test_ipv6_in_ipv4_outer_flow_and_inner_decode() -> None:
     """6in4 (41): the outer OTHER flow, element 5 the IPv6 packet's decode."""
     inner = _udp6()
-    table, key, _, _, _, nested = _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 41, inner)), ETH))
+    table, key, _, _, _, nested, _ = _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 41, inner)), ETH))
     assert (table, key[:1]) == (OTHER, b"\x29")
     assert nested == decode_frame(inner, RAW)
 
@@ -617,7 +617,7 @@ def _gre(ethertype: int, payload: bytes, flags: int = 0, extra: bytes = b"") -> 
 def test_gre_carrying_ipv4() -> None:
     """GRE (47) with protocol 0x0800: outer OTHER flow, inner IPv4 decode as element 5."""
     inner = _inner_tcp()
-    table, key, _, _, _, nested = _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 47, _gre(0x0800, inner))),
+    table, key, _, _, _, nested, _ = _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 47, _gre(0x0800, inner))),
                                                          ETH))
     assert (table, key) == (OTHER, b"\x2f" + _packed(A4) + _packed(B4))
     assert nested == decode_frame(inner, RAW)
@@ -653,7 +653,7 @@ def test_vxlan_outer_flow_is_a_tunnel_with_the_inner_decode() -> None:
     """VXLAN (UDP 4789): table TUNNEL with the UDP key layout, element 5 the inner Ethernet decode."""
     inner = wardgen.ether(MAC_A, MAC_B, 0x0800, _inner_tcp())
     packet = _vxlan(inner)
-    table, key, count, flags, _, nested = _as_tuple(decode_frame(_eth(packet), ETH))
+    table, key, count, flags, _, nested, _ = _as_tuple(decode_frame(_eth(packet), ETH))
     assert (table, key, count, flags) == (TUNNEL, _key4(55555, 4789), len(packet), 0)
     assert nested == decode_frame(inner, ETH)
 
@@ -667,7 +667,7 @@ def test_vxlan_from_the_tunnel_port_is_a_tunnel() -> None:
 def test_vxlan_without_the_i_flag_has_no_inner_packet() -> None:
     """UDP 4789 without the VXLAN I flag stays in the tunnel table (chosen by port) with no inner packet."""
     inner = wardgen.ether(MAC_A, MAC_B, 0x0800, _inner_tcp())
-    table, *_, nested = _as_tuple(decode_frame(_eth(_vxlan(inner, flags=0)), ETH))
+    table, *_, nested, _ = _as_tuple(decode_frame(_eth(_vxlan(inner, flags=0)), ETH))
     assert (table, nested) == (TUNNEL, None)
 
 

@@ -1,0 +1,169 @@
+"""Flow heads: the first payload packets of each flow, handed to the hinters (DESIGN.md section 3).
+
+A TCP or UDP flow starts in its head. While it is there, the flow table files it in its dict as
+`2 * slot + direction + HEAD`: the fast path's array index then raises IndexError and the packet
+takes the general path, which brings it here. The hinters are offered the flow's first payload in
+each direction; the first that accepts gets up to `packets` payload packets per direction and
+`bytes` bytes in all. Then the hinter is closed, the flow leaves its head and costs nothing more.
+A flow no hinter wants leaves as soon as each direction has been offered a payload (UDP: at its
+first payload). TCP payloads reach the hinter in sequence order with retransmitted bytes cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+
+from agent.hints import FlowHinter, HinterModule
+from agent.hints.base import Fields, HintOptions
+from agent.records import Counters, ProtoHint
+
+HEAD: Final = 1 << 40
+_SEQ_MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
+
+log = structlog.get_logger("agent.flowhead")
+
+# proto, a IP, a port, b IP, b port, a MAC, b MAC
+FlowContext = tuple[str | int, str, int, str, int, str | None, str | None]
+Ports = tuple[str, int, int]  # proto, a port, b port
+
+
+@dataclass(frozen=True, slots=True)
+class HintSettings:
+    enabled: bool = True
+    packets: int = 4  # payload packets inspected per direction
+    bytes: int = 8192  # payload bytes inspected per flow, both directions together
+    record_user: bool = False  # user names of cleartext logins (personal data: off by default)
+    disabled: tuple[str, ...] = ()  # hinter names switched off at this site
+
+
+@dataclass(slots=True)
+class _Head:
+    budget: int
+    hinter: FlowHinter | None = None
+    name: str = ""
+    offered: list[bool] = field(default_factory=lambda: [False, False])  # [b, a]
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    expect: list[int] = field(default_factory=lambda: [-1, -1])  # next TCP sequence number
+    context: FlowContext | None = None
+
+
+class FlowHeads:
+    """Head state of the flows the table holds in their head, by slot."""
+
+    def __init__(self, settings: HintSettings, hinters: Sequence[HinterModule],
+                 on_hint: Callable[[ProtoHint], None], counters: Counters,
+                 ports: Callable[[int], Ports], context: Callable[[int], FlowContext]) -> None:
+        self._hinters = tuple(h for h in hinters if h.NAME not in settings.disabled)
+        self._options = HintOptions(record_user=settings.record_user)
+        self._packets = settings.packets
+        self._bytes = settings.bytes
+        self._on_hint = on_hint
+        self._counters = counters
+        self._ports = ports
+        self._context = context
+        self._heads: dict[int, _Head] = {}
+        self._failed_logged: set[str] = set()
+
+    def open(self, slot: int) -> None:
+        self._heads[slot] = _Head(self._bytes)
+
+    def feed(self, slot: int, from_a: bool, segment: bytes, tcp: bool, t: int) -> bool:
+        """One packet of a flow in its head; True when the head is over (the flow may go fast)."""
+        head = self._heads[slot]
+        payload = _tcp_payload(head, segment, from_a, self._counters) if tcp else segment[8:]
+        if not payload:
+            return False
+        if head.hinter is None:
+            head.offered[from_a] = True
+            if not self._choose(head, slot, payload, from_a):
+                if head.offered[not from_a] or not tcp:
+                    del self._heads[slot]
+                    return True
+                return False
+        head.packets[from_a] += 1
+        if head.packets[from_a] > self._packets:  # this direction has had its share
+            self.end(slot, t)
+            return True
+        if len(payload) > head.budget:
+            payload = payload[:head.budget]
+            self._counters.add("hints.byte_budget_reached")
+        head.budget -= len(payload)
+        over = self._hint(head, slot, t, lambda hinter: hinter.feed(payload, from_a), from_a)
+        if over or head.budget <= 0 or min(head.packets) >= self._packets:
+            self.end(slot, t)
+            return True
+        return False
+
+    def end(self, slot: int, t: int) -> None:
+        """The head is over (or the flow ended): what the hinter still holds is emitted."""
+        head = self._heads.pop(slot, None)
+        if head is not None and head.hinter is not None:
+            self._hint(head, slot, t, lambda hinter: hinter.close(), True)
+
+    def _choose(self, head: _Head, slot: int, payload: bytes, from_a: bool) -> bool:
+        proto, a_port, b_port = self._ports(slot)
+        for module in self._hinters:
+            if module.accepts(proto, a_port, b_port, payload, from_a):
+                head.hinter, head.name = module.start(self._options), module.NAME
+                self._counters.add("hints.flows." + module.NAME)
+                return True
+        return False
+
+    def _hint(self, head: _Head, slot: int, t: int, call: Callable[[FlowHinter], list[Fields]],
+              from_a: bool) -> bool:
+        """Run one hinter call; emit what it found; True when the hinter is finished with the flow."""
+        hinter = head.hinter
+        assert hinter is not None
+        try:
+            found = call(hinter)
+        except ValueError:
+            self._counters.add("hints.malformed." + head.name)
+            head.hinter = None
+            return True
+        except Exception as exc:  # a hinter bug must never stop the capture
+            self._counters.add("hints.failed." + head.name)
+            if head.name not in self._failed_logged:
+                self._failed_logged.add(head.name)
+                log.error("hinter_failed", hinter=head.name, error=repr(exc))
+            head.hinter = None
+            return True
+        if found:
+            self._emit(head, slot, from_a, found, t)
+        return hinter.done
+
+    def _emit(self, head: _Head, slot: int, from_a: bool, found: list[Fields], t: int) -> None:
+        if head.context is None:
+            head.context = self._context(slot)
+        proto, a_ip, a_port, b_ip, b_port, a_mac, b_mac = head.context
+        name = head.name
+        src = (a_mac, a_ip, a_port) if from_a else (b_mac, b_ip, b_port)
+        dst = (b_mac, b_ip, b_port) if from_a else (a_mac, a_ip, a_port)
+        for fields in found:
+            self._counters.add("hints." + name)
+            self._on_hint(ProtoHint(t / 1_000_000, name, proto, src[0], src[1], src[2], dst[0], dst[1],
+                                    dst[2], from_a, fields))
+
+
+def _tcp_payload(head: _Head, segment: bytes, from_a: bool, counters: Counters) -> bytes:
+    """The segment's new bytes in sequence order: a retransmission's old bytes are cut."""
+    if len(segment) < 20:
+        return b""
+    data = segment[(segment[12] >> 4) * 4:]
+    if not data:
+        return b""
+    seq = int.from_bytes(segment[4:8], "big")
+    expect = head.expect[from_a]
+    if expect >= 0:
+        behind = (expect - seq) & _SEQ_MASK
+        if behind < _HALF:
+            if behind >= len(data):
+                counters.add("hints.retransmissions")
+                return b""
+            data, seq = data[behind:], expect
+    head.expect[from_a] = (seq + len(data)) & _SEQ_MASK
+    return data
