@@ -35,6 +35,7 @@ from agent.expiry import CLOSING, FREE, OPEN, US, Expiry
 from agent.flowhead import HEAD, FlowContext, FlowHeads, HintSettings, Ports
 from agent.flowkeys import address, describe_key, flow_record, reverse_key
 from agent.fragments import Fragment, FragmentTable
+from agent.framehints import FRAME_TYPES, FrameHints
 from agent.hints import HINTERS
 from agent.nonip import ethertype_name
 from agent.records import Counters, FlowRecord, ProtoHint
@@ -83,6 +84,7 @@ class FlowTable(Expiry):
         hints = hints or HintSettings()
         self._heads = (FlowHeads(hints, HINTERS, on_hint, counters, self._ports, self._context)
                        if on_hint is not None and hints.enabled else None)
+        self._frame_hints = FrameHints(on_hint, counters) if on_hint is not None and hints.enabled else None
         self.live = 0
         self.peak_live = 0
         self._now = 0
@@ -222,6 +224,8 @@ class FlowTable(Expiry):
                 self._decapsulated(packet[5], t)
         elif type(result) is int:
             self._counters.add("non_ip." + ethertype_name(result))
+            if self._frame_hints is not None and result in FRAME_TYPES and self.linktype == DLT_EN10MB:
+                self._frame_hints.feed(frame, result, t)
         elif type(result) is Fragment:
             self._counters.add("ip_fragments")
             self._reassembled(result, t)

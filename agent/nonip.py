@@ -14,6 +14,7 @@ _NAMES: Final = {
     0x0806: "arp",
     0x8035: "rarp",
     0x88CC: "lldp",
+    0x2000: "cdp",
     0x888E: "eapol",
     0x8809: "slow_protocols",
     0x88F7: "ptp",

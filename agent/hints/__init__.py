@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.hints import dhcp, dns, hl7
+from agent.hints import dhcp, dicom, dns, hl7, nbns, ssdp
 from agent.hints.base import Fields, HintOptions
 
 
@@ -34,4 +34,4 @@ class HinterModule(Protocol):
     def start(self, options: HintOptions) -> FlowHinter: ...
 
 
-HINTERS: tuple[HinterModule, ...] = (dhcp, dns, hl7)
+HINTERS: tuple[HinterModule, ...] = (dhcp, dns, nbns, ssdp, hl7, dicom)

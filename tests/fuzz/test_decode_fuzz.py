@@ -210,6 +210,7 @@ def check_result(result: object, depth: int = 0) -> None:
     assert type(result) is tuple and len(result) == 7, result
     table, key, iplen, flags, macs, inner, segment = result
     assert table in (TCP, UDP, OTHER, TUNNEL)
+    assert type(segment) is bytes and (segment == b"" or table in (TCP, UDP))
     assert type(key) is bytes and type(macs) is bytes
     assert len(macs) in (0, 12)
     assert type(iplen) is int and iplen >= 0

@@ -617,8 +617,8 @@ def _gre(ethertype: int, payload: bytes, flags: int = 0, extra: bytes = b"") -> 
 def test_gre_carrying_ipv4() -> None:
     """GRE (47) with protocol 0x0800: outer OTHER flow, inner IPv4 decode as element 5."""
     inner = _inner_tcp()
-    table, key, _, _, _, nested, _ = _as_tuple(decode_frame(_eth(wardgen.ipv4(A4, B4, 47, _gre(0x0800, inner))),
-                                                         ETH))
+    frame = _eth(wardgen.ipv4(A4, B4, 47, _gre(0x0800, inner)))
+    table, key, _, _, _, nested, _ = _as_tuple(decode_frame(frame, ETH))
     assert (table, key) == (OTHER, b"\x2f" + _packed(A4) + _packed(B4))
     assert nested == decode_frame(inner, RAW)
 
