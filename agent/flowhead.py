@@ -6,7 +6,9 @@ takes the general path, which brings it here. The hinters are offered the flow's
 each direction; the first that accepts gets up to `packets` payload packets per direction and
 `bytes` bytes in all. Then the hinter is closed, the flow leaves its head and costs nothing more.
 A flow no hinter wants leaves as soon as each direction has been offered a payload (UDP: at its
-first payload). TCP payloads reach the hinter in sequence order with retransmitted bytes cut.
+first payload). TCP payloads reach the hinter in sequence order with retransmitted bytes cut. A
+hinter whose protocol needs more packets (telnet types a login one key per segment) says so in
+its module's HEAD_PACKETS; its flows get that many.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ Ports = tuple[str, int, int]  # proto, a port, b port
 class HintSettings:
     enabled: bool = True
     packets: int = 4  # payload packets inspected per direction
-    bytes: int = 8192  # payload bytes inspected per flow, both directions together
+    bytes: int = 32768  # payload bytes per flow, both directions (a DICOM request can take 16 KiB)
     record_user: bool = False  # user names of cleartext logins (personal data: off by default)
     disabled: tuple[str, ...] = ()  # hinter names switched off at this site
 
@@ -44,6 +46,7 @@ class HintSettings:
 @dataclass(slots=True)
 class _Head:
     budget: int
+    limit: int
     hinter: FlowHinter | None = None
     name: str = ""
     offered: list[bool] = field(default_factory=lambda: [False, False])  # [b, a]
@@ -70,7 +73,7 @@ class FlowHeads:
         self._failed_logged: set[str] = set()
 
     def open(self, slot: int) -> None:
-        self._heads[slot] = _Head(self._bytes)
+        self._heads[slot] = _Head(self._bytes, self._packets)
 
     def feed(self, slot: int, from_a: bool, segment: bytes, tcp: bool, t: int) -> bool:
         """One packet of a flow in its head; True when the head is over (the flow may go fast)."""
@@ -86,7 +89,7 @@ class FlowHeads:
                     return True
                 return False
         head.packets[from_a] += 1
-        if head.packets[from_a] > self._packets:  # this direction has had its share
+        if head.packets[from_a] > head.limit:  # this direction has had its share
             self.end(slot, t)
             return True
         if len(payload) > head.budget:
@@ -94,7 +97,7 @@ class FlowHeads:
             self._counters.add("hints.byte_budget_reached")
         head.budget -= len(payload)
         over = self._hint(head, slot, t, lambda hinter: hinter.feed(payload, from_a), from_a)
-        if over or head.budget <= 0 or min(head.packets) >= self._packets:
+        if over or head.budget <= 0 or min(head.packets) >= head.limit:
             self.end(slot, t)
             return True
         return False
@@ -110,6 +113,7 @@ class FlowHeads:
         for module in self._hinters:
             if module.accepts(proto, a_port, b_port, payload, from_a):
                 head.hinter, head.name = module.start(self._options), module.NAME
+                head.limit = max(head.limit, getattr(module, "HEAD_PACKETS", 0))
                 self._counters.add("hints.flows." + module.NAME)
                 return True
         return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.hints import dhcp, dicom, dns, hl7, nbns, ssdp
+from agent.hints import dhcp, dicom, dns, ftp, hl7, http, mail, mqtt, nbns, smb, snmp, ssdp, telnet, tls
 from agent.hints.base import Fields, HintOptions
 
 
@@ -34,4 +34,8 @@ class HinterModule(Protocol):
     def start(self, options: HintOptions) -> FlowHinter: ...
 
 
-HINTERS: tuple[HinterModule, ...] = (dhcp, dns, nbns, ssdp, hl7, dicom)
+# Port-decided UDP hinters first, then those that recognise their payload on any port, then the
+# server-speaks-first protocols (decided by port or banner).
+HINTERS: tuple[HinterModule, ...] = (
+    dhcp, dns, nbns, ssdp, snmp, hl7, dicom, mqtt, tls, http, smb, telnet, ftp, mail,
+)

@@ -1,11 +1,14 @@
-"""DNS and mDNS over UDP: the names asked for, the addresses answered, NXDOMAIN.
+"""DNS and mDNS over UDP: the names asked for, the addresses and services answered, NXDOMAIN.
 
-Hostnames are device metadata, not patient data. Names are read with compression pointers
-followed at most MAX_POINTERS times, so a looping message cannot hang the sensor.
+Hostnames are device metadata, not patient data. Answers are `name=address` for A and AAAA,
+`name->target` for PTR and `name->target:port` for SRV (how mDNS devices announce their
+services), each once. Names are read with compression pointers followed at most MAX_POINTERS
+times, so a looping message cannot hang the sensor; bytes outside printable ASCII become `?`.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Final
 
@@ -15,6 +18,8 @@ NAME: Final = "dns"
 PORTS: Final = frozenset({53, 5353, 5355})  # DNS, mDNS, LLMNR
 MAX_POINTERS: Final = 16
 MAX_RECORDS: Final = 32
+HEAD_PACKETS: Final = 32  # a tunnel or resolver may keep one source port for many queries (flowhead.py)
+_UNPRINTABLE: Final = re.compile(r"[^\x21-\x7e]")
 
 
 def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
@@ -48,16 +53,27 @@ def parse(message: bytes) -> Fields:
         data = message[at + 10:at + 10 + length]
         if len(data) != length:
             raise ValueError("DNS record data cut short")
-        if rtype == 1 and length == 4:
-            answers.append(f"{name}={socket.inet_ntoa(data)}")
-        elif rtype == 28 and length == 16:
-            answers.append(f"{name}={socket.inet_ntop(socket.AF_INET6, data)}")
+        answer = _answer(message, at + 10, rtype, name, data)
+        if answer is not None and answer not in answers:
+            answers.append(answer)
         at += 10 + length
     if answers:
         fields["answers"] = answers
     if fields["response"] and fields["rcode"] == 3:
         fields["nxdomain"] = 1
     return fields
+
+
+def _answer(message: bytes, at: int, rtype: int, name: str, data: bytes) -> str | None:
+    if rtype == 1 and len(data) == 4:
+        return f"{name}={socket.inet_ntoa(data)}"
+    if rtype == 28 and len(data) == 16:
+        return f"{name}={socket.inet_ntop(socket.AF_INET6, data)}"
+    if rtype == 12:
+        return f"{name}->{_name(message, at)[0]}"
+    if rtype == 33 and len(data) > 6:
+        return f"{name}->{_name(message, at + 6)[0]}:{int.from_bytes(data[4:6], 'big')}"
+    return None
 
 
 def _name(message: bytes, at: int) -> tuple[str, int]:
@@ -78,5 +94,5 @@ def _name(message: bytes, at: int) -> tuple[str, int]:
         elif length > 63 or at + 1 + length > len(message):
             raise ValueError("bad DNS label")
         else:
-            labels.append(message[at + 1:at + 1 + length].decode("ascii", "replace"))
+            labels.append(_UNPRINTABLE.sub("?", message[at + 1:at + 1 + length].decode("latin-1")))
             at += 1 + length
