@@ -10,9 +10,9 @@ from typing import TextIO
 
 import structlog
 
-from agent import __version__, config, logsetup
+from agent import __version__, config, keys_cli, logsetup
 from agent.emit import FlowTally, JsonLines
-from agent.pipeline import replay
+from agent.pipeline import RunTotals, build_inventory, replay
 from agent.records import FlowRecord
 
 EX_OK, EX_DATAERR, EX_NOINPUT = 0, 65, 66
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--hints", action="store_true",
                      help="also emit the protocol hints read from flow heads (type hint)")
     rep.add_argument("--no-fast-path", action="store_true", help=argparse.SUPPRESS)
+    keys_cli.add_commands(commands)
     return parser
 
 
@@ -54,19 +55,29 @@ def _fan_out(sinks: list[Callable[[FlowRecord], None]]) -> Callable[[FlowRecord]
 def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     log = structlog.get_logger("agent.cli")
     tally = FlowTally()
+    totals = RunTotals()
+    try:
+        inventory = build_inventory(settings, totals)
+    except config.ConfigError as exc:
+        print(f"ward-agent: {exc}", file=sys.stderr)
+        return config.EX_CONFIG
     with _output(args.emit, sys.stdout) as out, _output(args.report, sys.stderr) as report:
         writer = JsonLines(out) if out is not None else None
         sinks: list[Callable[[FlowRecord], None]] = [tally.flow] if report is not None else []
         if writer is not None:
             sinks.append(writer.flow)
         on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
-        totals = replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
-                        on_hint=writer.hint if writer is not None and args.hints else None)
+        replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
+               on_hint=writer.hint if writer is not None and args.hints else None, inventory=inventory,
+               totals=totals)
+        devices = inventory.devices()
         summary = totals.summary()
         if writer is not None:
+            for device in devices:
+                writer.record(device)
             writer.record(summary)
         if report is not None:
-            report.write(tally.report(summary))
+            report.write(tally.report(summary, devices))
     log.info("replay_done", frames=summary["frames"], flows=summary["flows"], seconds=summary["seconds"],
              unaccounted=summary["unaccounted"], capture_errors=len(summary["capture_errors"]))
     if summary["capture_errors"]:
@@ -84,4 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.configure(settings.log.level)
     if args.command == "replay":
         return _replay(args, settings)
+    if args.command == "keys":
+        return int(args.handler(args))
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands

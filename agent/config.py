@@ -6,6 +6,7 @@ must not silently fall back to a default on a box nobody will visit again.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ class CaptureSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class InventorySettings:
+    max_devices: int = 4096
+    local_networks: tuple[str, ...] = ()  # empty: every non-global address is on the ward
+    refresh: float = 300.0  # a device merely seen again is re-reported this often (seconds)
+    roles_file: str = ""  # empty: the shipped firmware-config/roles.toml
+    role_overrides: Mapping[str, str] = field(default_factory=dict)  # MAC -> role, wins
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
 
@@ -41,6 +51,7 @@ class AgentConfig:
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     flows: FlowSettings = field(default_factory=FlowSettings)
     hints: HintSettings = field(default_factory=HintSettings)
+    inventory: InventorySettings = field(default_factory=InventorySettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -84,6 +95,25 @@ def _names(known: tuple[str, ...]) -> Check:
     return check
 
 
+def _networks(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f"must be a list of CIDR strings, got {value!r}"
+    bad = []
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            bad.append(network)
+    return f"not networks: {', '.join(bad)}" if bad else None
+
+
+def _role_overrides(value: Any) -> str | None:
+    from agent.roles import parse_overrides  # roles imports this module's ConfigError
+
+    _, problems = parse_overrides(value, "role_overrides")
+    return "; ".join(problems) if problems else None
+
+
 _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
     "capture": (CaptureSettings, {
         "interface": _of_type(str),
@@ -106,6 +136,13 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "bytes": _number(64, 1 << 20, integer=True),
         "record_user": _of_type(bool),
         "disabled": _names(tuple(h.NAME for h in HINTERS)),
+    }),
+    "inventory": (InventorySettings, {
+        "max_devices": _number(1, 1_000_000, integer=True),
+        "local_networks": _networks,
+        "refresh": _number(10, 86400),
+        "roles_file": _of_type(str),
+        "role_overrides": _role_overrides,
     }),
     "log": (LogSettings, {"level": _of_type(str, LOG_LEVELS)}),
 }

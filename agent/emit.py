@@ -67,7 +67,7 @@ class FlowTally:
         self.largest.sort(key=lambda r: r.a_bytes + r.b_bytes, reverse=True)
         del self.largest[self._top:]
 
-    def report(self, summary: dict[str, Any]) -> str:
+    def report(self, summary: dict[str, Any], devices: list[dict[str, Any]] | None = None) -> str:
         self._trim()
         lines = [
             f"replayed {len(summary['captures'])} capture(s): {summary['frames']} frames in "
@@ -87,9 +87,25 @@ class FlowTally:
                 f"{r.a_pkts}/{r.b_pkts} pkts  {r.a_bytes + r.b_bytes} bytes  {r.last - r.first:.1f} s  "
                 f"[{r.end}]"
             )
+        lines.extend(_device_lines(devices or [], self._top))
         for error in summary["capture_errors"]:
             lines.append(f"  capture error: {error}")
         return "\n".join(lines) + "\n"
+
+
+def _device_lines(devices: list[dict[str, Any]], top: int) -> list[str]:
+    """Devices by role, then the riskiest few with what they are and why they are at risk."""
+    if not devices:
+        return []
+    roles = Counter(str(d["role"]) for d in devices)
+    lines = [f"  devices: {len(devices)} ({', '.join(f'{r} {n}' for r, n in roles.most_common())})"]
+    for d in sorted(devices, key=lambda d: (-d["risk_score"], d["mac"]))[:top]:
+        ips = ", ".join(str(entry["ip"]) for entry in d["ips"][:2])
+        label = " ".join(str(x) for x in (d["vendor"], d["hostname"]) if x)
+        risks = "; ".join(str(r["id"]) for r in d["risks"]) or "no risk seen"
+        lines.append(f"    {d['mac']} {ips} {label} [{d['role']} {d['role_confidence']:.2f}] "
+                     f"risk {d['risk_score']}: {risks}")
+    return lines
 
 
 def _pairs(counts: dict[str, int]) -> str:

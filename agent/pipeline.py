@@ -5,16 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from agent.capture import CaptureError, KernelStats, open_offline
 from agent.config import AgentConfig
 from agent.flows import FlowTable
+from agent.inventory import Inventory
 from agent.records import Counters, FlowRecord, ProtoHint
+from agent.roles import load_rules
 
 log = structlog.get_logger("agent.pipeline")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -66,17 +69,35 @@ class RunTotals:
             "peak_live_flows": self.peak_live_flows,
             "clock_backwards": values.get("clock.backwards", 0),
             "hints": group("hints."),
+            "inventory": group("inventory."),
             "kernel": {"received": self.kernel.received, "dropped": self.kernel.dropped,
                        "if_dropped": self.kernel.if_dropped},
             "seconds": round(self.seconds, 3),
         }
 
 
+def build_inventory(settings: AgentConfig, totals: RunTotals) -> Inventory:
+    """The device inventory the configuration asks for; ConfigError if its role rules are bad."""
+    wanted = settings.inventory
+    rules = load_rules(wanted.roles_file or None)
+    rules = rules.with_overrides(wanted.role_overrides, "inventory.role_overrides")
+    return Inventory(wanted.max_devices, rules, local_networks=wanted.local_networks, refresh=wanted.refresh,
+                     counters=totals.counters)
+
+
 def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRecord], None],
-           fast_path: bool = True, on_hint: Callable[[ProtoHint], None] | None = None) -> RunTotals:
-    """Run the pipeline over capture files in order, as one stream of packets; never raises on traffic."""
-    totals = RunTotals()
+           fast_path: bool = True, on_hint: Callable[[ProtoHint], None] | None = None,
+           inventory: Inventory | None = None, totals: RunTotals | None = None) -> RunTotals:
+    """Run the pipeline over capture files in order, as one stream of packets; never raises on traffic.
+
+    With an inventory, every flow and hint also goes to it (hints are read for it even when
+    `on_hint` is None). Pass `totals` to share its counters with stages built beforehand.
+    """
+    totals = totals or RunTotals()
     started = time.perf_counter()
+    if inventory is not None:
+        on_flow = _both(inventory.on_flow, on_flow)
+        on_hint = inventory.on_hint if on_hint is None else _both(inventory.on_hint, on_hint)
 
     def emit(record: FlowRecord) -> None:
         totals.count_flow(record)
@@ -104,3 +125,10 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
     totals.peak_live_flows = table.peak_live
     totals.seconds = time.perf_counter() - started
     return totals
+
+
+def _both(first: Callable[[T], None], second: Callable[[T], None]) -> Callable[[T], None]:
+    def each(record: T) -> None:
+        first(record)
+        second(record)
+    return each

@@ -17,7 +17,7 @@ import wardgen
 
 from agent import config
 from agent.emit import JsonLines
-from agent.pipeline import replay
+from agent.pipeline import RunTotals, build_inventory, replay
 
 HERE = Path(__file__).parent
 CASES = sorted(p.parent for p in HERE.glob("*/case.toml"))
@@ -44,7 +44,12 @@ def _run(case_dir: Path, fast_path: bool = True) -> str:
     settings = config.parse(case.get("config", {}))
     stream = io.StringIO()
     writer = JsonLines(stream)
-    totals = replay([str(HERE / "captures" / case["capture"])], settings, writer.flow, fast_path=fast_path)
+    totals = RunTotals()
+    inventory = build_inventory(settings, totals)
+    replay([str(HERE / "captures" / case["capture"])], settings, writer.flow, fast_path=fast_path,
+           on_hint=writer.hint, inventory=inventory, totals=totals)
+    for device in inventory.devices():
+        writer.record(device)
     writer.record(totals.summary())
     return _canonical(stream.getvalue())
 

@@ -15,13 +15,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_replay_writes_json_lines_ending_in_a_summary() -> None:
-    """Every stdout line is a JSON object with "type" first; the last one is the summary."""
+    """Every stdout line is a JSON object with "type" first: flows, then devices, then the summary."""
     result = _run("replay", str(GOLDEN / "sample.pcap"))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(next(iter(r)) == "type" for r in records)
-    assert [r["type"] for r in records[:-1]] == ["flow"] * (len(records) - 1)
-    assert records[-1]["type"] == "summary" and records[-1]["flows"] == len(records) - 1
+    kinds = [r["type"] for r in records]
+    flows, devices = kinds.count("flow"), kinds.count("device")
+    assert kinds == ["flow"] * flows + ["device"] * devices + ["summary"] and devices > 0
+    assert records[-1]["flows"] == flows
 
 
 def test_report_goes_to_stderr(tmp_path: Path) -> None:
@@ -31,6 +33,7 @@ def test_report_goes_to_stderr(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert result.stdout == ""
     assert "largest flows:" in result.stderr and "unaccounted: 0" in result.stderr
+    assert "devices:" in result.stderr
     assert out.read_text().count("\n") > 1
 
 

@@ -1,0 +1,185 @@
+"""The device inventory: one device per MAC, built from finished flows and protocol hints.
+
+Fed by the pipeline with every FlowRecord (`on_flow`, once per finished flow, so it must stay cheap:
+a few dict operations, no parsing, no role or risk work) and every ProtoHint (`on_hint`). Roles
+(agent.roles) and hygiene risks (agent.risks) are computed only when records are asked for, by
+`devices()` (everything, for the replay stream) or `delta(now)` (what changed, for the uplink).
+
+Keys and attribution:
+- A device is keyed by its MAC. Group (multicast/broadcast) and all-zero MACs are no device.
+- A flow side without a MAC (raw IP, loopback captures) is keyed "ip:<address>" and that key stands
+  in the record's "mac" field: it is the only identity such a capture offers, and it can never collide
+  with a real MAC.
+- An address is attributed to a device only when it is local: inside `local_networks` when given,
+  otherwise any address that is not globally routable (RFC 1918, ULA, link-local, CGNAT, loopback).
+  On a mirror port, the gateway's MAC carries every Internet address; those must not pile up on it.
+  Services offered and used, and what hints say about a side (software, names, logins, clinical
+  context), are recorded only for local addresses, for the same reason; frame-level hints without
+  addresses (LLDP, CDP) go to their MAC. DHCP clients are found by the hint's client MAC, and the
+  addresses a DHCP ACK assigns are attributed whatever they are: the DHCP server is authoritative.
+- A side that sent nothing (b of an unanswered flow) is not touched. Services offered are the b side
+  of answered TCP/UDP flows; a TCP reply that is only a reset (closed port) or no reply at all (a SYN
+  scan) is no service. Services used are the same flows seen from side a.
+
+Bounds: at most `max_devices` devices; a new one evicts the least recently touched (in record order)
+and counts `inventory.evicted`. Per-device collections are bounded in agent.inventory_device.
+
+Deltas: a device is in `delta(now)` when something other than its last_seen changed since it was
+last reported, or when only last_seen moved and the last report is `refresh` seconds old.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Final
+
+from agent.inventory_device import DeviceState
+from agent.inventory_hints import HintApplier
+from agent.records import Counters, FlowRecord, ProtoHint
+from agent.risks import assess, score
+from agent.roles import RoleRules, classify, load_rules
+
+_GROUP_DIGITS: Final = frozenset("13579bdfBDF")
+_ZERO_MAC: Final = "00:00:00:00:00:00"
+_MAX_LOCAL_CACHE: Final = 65536
+_BROADCAST: Final = ipaddress.ip_address("255.255.255.255")
+
+
+class Inventory:
+    """Devices seen on the ward, bounded and LRU-evicted; records on demand."""
+
+    def __init__(self, max_devices: int = 4096, rules: RoleRules | None = None, *,
+                 local_networks: Sequence[str] | None = None, refresh: float = 300.0,
+                 counters: Counters | None = None) -> None:
+        if max_devices < 1:
+            raise ValueError("max_devices must be at least 1")
+        self.max_devices = max_devices
+        self.rules = rules if rules is not None else load_rules()
+        self.counters = counters if counters is not None else Counters()
+        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks or ())
+        self._refresh = refresh
+        self._devices: OrderedDict[str, DeviceState] = OrderedDict()
+        self._local: dict[str, bool] = {}
+        self._hints = HintApplier(self)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def on_flow(self, flow: FlowRecord) -> None:
+        """One finished flow: touch both sides, attribute local addresses, note an answered service."""
+        local = self._local
+        a_local = local.get(flow.a_ip)
+        if a_local is None:
+            a_local = self.is_local(flow.a_ip)
+        a = self.device(flow.a_mac, flow.a_ip, a_local, flow.first, flow.last)
+        if not flow.b_pkts:
+            return
+        b_local = local.get(flow.b_ip)
+        if b_local is None:
+            b_local = self.is_local(flow.b_ip)
+        b = self.device(flow.b_mac, flow.b_ip, b_local, flow.first, flow.last)
+        proto = flow.proto
+        if proto == "tcp":
+            flags = flow.b_flags
+            if "R" in flags and "S" not in flags:  # reset without a SYN-ACK: a closed port
+                return
+        elif proto != "udp":
+            return
+        service = (proto, flow.b_port)
+        if b is not None and b_local and service not in b.offered and not b.add_service(b.offered, service):
+            self.counters.add("inventory.values_dropped")
+        if a is not None and a_local and service not in a.used and not a.add_service(a.used, service):
+            self.counters.add("inventory.values_dropped")
+
+    def on_hint(self, hint: ProtoHint) -> None:
+        """One protocol hint: names, fingerprints, software, clinical context and logins of its two sides."""
+        self.counters.add("inventory.hints")
+        src = self._hint_side(hint.src_mac, hint.src_ip, hint.ts)
+        dst = self._hint_side(hint.dst_mac, hint.dst_ip, hint.ts)
+        self._hints.apply(hint, src, dst)
+
+    def _hint_side(self, mac: str | None, ip: str | None, ts: float) -> DeviceState | None:
+        """A hint's side is a device when its address is local, or when it has none (LLDP, CDP)."""
+        if ip is None:
+            return self.device(mac, None, False, ts, ts) if mac is not None else None
+        if not self.is_local(ip):  # a remote host behind the gateway's MAC: not the gateway's doing
+            return None
+        return self.device(mac, ip, True, ts, ts)
+
+    def device(self, mac: str | None, ip: str | None, local: bool, first: float,
+               last: float) -> DeviceState | None:
+        """The device for a MAC (or a local address when there is no MAC), created and touched."""
+        if mac is None:
+            if not local or ip is None:
+                return None
+            key = "ip:" + ip
+        elif mac[1:2] in _GROUP_DIGITS or mac == _ZERO_MAC:
+            return None
+        else:
+            key = mac
+        devices = self._devices
+        device = devices.get(key)
+        if device is None:
+            if len(devices) >= self.max_devices:
+                devices.popitem(last=False)
+                self.counters.add("inventory.evicted")
+            device = devices[key] = DeviceState(key, first)
+            self.counters.add("inventory.created")
+        else:
+            devices.move_to_end(key)
+            if first < device.first_seen:
+                device.first_seen = first
+                device.changed = True
+        if last > device.last_seen:
+            device.last_seen = last
+        if local and ip is not None and not device.add_ip(ip, first, last):
+            self.counters.add("inventory.ips_dropped")
+        return device
+
+    def is_local(self, ip: str | None) -> bool:
+        """Whether an address may be attributed to a device seen on this segment (cached)."""
+        if ip is None:
+            return False
+        known = self._local.get(ip)
+        if known is None:
+            if len(self._local) >= _MAX_LOCAL_CACHE:
+                self._local.clear()
+            known = self._local[ip] = self._classify_address(ip)
+        return known
+
+    def _classify_address(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if address.is_multicast or address.is_unspecified or address == _BROADCAST:
+            return False
+        if self._networks:
+            return any(address in network for network in self._networks)
+        return not address.is_global
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device's full record, sorted by key."""
+        return [self._record(self._devices[key]) for key in sorted(self._devices)]
+
+    def delta(self, now: float) -> list[dict[str, Any]]:
+        """Records of devices changed since the last delta (or merely seen again, every `refresh` s)."""
+        changed: list[dict[str, Any]] = []
+        for key in sorted(self._devices):
+            device = self._devices[key]
+            if device.changed or (device.last_seen > device.reported_last
+                                  and now - device.reported_at >= self._refresh):
+                changed.append(self._record(device))
+                device.changed = False
+                device.reported_at = now
+                device.reported_last = device.last_seen
+        return changed
+
+    def _record(self, device: DeviceState) -> dict[str, Any]:
+        record = device.record()
+        record["role"], record["role_confidence"], record["role_evidence"] = classify(record, self.rules)
+        record["risks"] = assess(record)
+        record["risk_score"] = score(record["risks"])
+        return record
