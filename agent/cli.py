@@ -57,7 +57,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     tally = FlowTally()
     totals = RunTotals()
     try:
-        inventory = build_inventory(settings, totals)
+        inventory = build_inventory(settings, totals) if settings.inventory.enabled else None
     except config.ConfigError as exc:
         print(f"ward-agent: {exc}", file=sys.stderr)
         return config.EX_CONFIG
@@ -70,7 +70,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
         replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
                on_hint=writer.hint if writer is not None and args.hints else None, inventory=inventory,
                totals=totals)
-        devices = inventory.devices()
+        devices = inventory.devices() if inventory is not None else []
         summary = totals.summary()
         if writer is not None:
             for device in devices:

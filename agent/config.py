@@ -34,6 +34,7 @@ class CaptureSettings:
 
 @dataclass(frozen=True, slots=True)
 class InventorySettings:
+    enabled: bool = True
     max_devices: int = 4096
     local_networks: tuple[str, ...] = ()  # empty: every non-global address is on the ward
     refresh: float = 300.0  # a device merely seen again is re-reported this often (seconds)
@@ -138,6 +139,7 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "disabled": _names(tuple(h.NAME for h in HINTERS)),
     }),
     "inventory": (InventorySettings, {
+        "enabled": _of_type(bool),
         "max_devices": _number(1, 1_000_000, integer=True),
         "local_networks": _networks,
         "refresh": _number(10, 86400),

@@ -63,6 +63,7 @@ SCENARIOS: Final = ("bench-flows", "bench-churn")
 BASELINE_SCENARIO: Final = "sample"
 TARGET_RATIO: Final = 0.5
 TARGET_BYTES_PER_FLOW: Final = 400.0
+TARGET_HINT_COST: Final = 0.10  # issue 3: hints and inventory within 10% of the flows-only pipeline
 SOFTFLOWD_MAX_FLOWS: Final = 262_144
 PCAP_HEADER: Final = struct.Struct("<IHHiIII")
 PCAP_RECORD: Final = struct.Struct("<IIII")
@@ -395,8 +396,12 @@ def checked(m: Measurement, what: str) -> Measurement:
     return m
 
 
-def ward_cmd(ward_agent: str, capture: Path, emit: str) -> list[str]:
-    return [ward_agent, "replay", str(capture), "--emit", emit]
+def ward_cmd(ward_agent: str, capture: Path, emit: str, config: Path | None = None) -> list[str]:
+    extra = ["--config", str(config)] if config else []
+    return [ward_agent, "replay", str(capture), "--emit", emit, *extra]
+
+
+FLOWS_ONLY_CONFIG: Final = "[hints]\nenabled = false\n\n[inventory]\nenabled = false\n"
 
 
 def softflowd_cmd(softflowd: str, capture: Path, pidfile: Path) -> list[str]:
@@ -464,14 +469,21 @@ def baseline_rss(ward_agent: str, capture: Capture, runs: int) -> float:
 
 def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
                tmp: Path) -> tuple[ToolFigures, ToolFigures, dict[str, int]]:
-    """A B A B ...: ward-agent then softflowd, `runs` times each."""
+    """A F B A F B ...: ward-agent, ward-agent with flows only (no hints, no inventory), softflowd."""
     ward = ToolFigures([], [], capture.packets)
+    flows_only = ToolFigures([], [], capture.packets)
     soft = ToolFigures([], [], capture.packets)
+    flows_config = tmp / "flows-only.toml"
+    flows_config.write_text(FLOWS_ONLY_CONFIG)
     pipeline: list[float] = []
     stats: dict[str, int] = {}
     limit = timeout_for(capture)
     for i in range(runs):
         a = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull), limit), "ward-agent replay")
+        f = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull, flows_config), limit),
+                    "ward-agent replay, flows only")
+        flows_only.walls.append(f.wall)
+        flows_only.rss_kib.append(f.maxrss_kib)
         b = checked(measure(softflowd_cmd(softflowd, capture.path, tmp / "softflowd.pid"), limit),
                     "softflowd")
         for figures, m in ((ward, a), (soft, b)):
@@ -482,7 +494,9 @@ def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
             pipeline.append(seconds)
         stats = parse_softflowd_stats(b.stdout)
         log(f"  run {i + 1}/{runs}: ward-agent {a.wall:6.2f} s {a.maxrss_kib / 1024:7.1f} MiB   "
-            f"softflowd {b.wall:6.2f} s {b.maxrss_kib / 1024:7.1f} MiB")
+            f"flows only {f.wall:6.2f} s   softflowd {b.wall:6.2f} s {b.maxrss_kib / 1024:7.1f} MiB")
+    ward.extra["flows_only_walls"] = flows_only.walls
+    ward.extra["median_flows_only_s"] = flows_only.median_wall
     if pipeline:
         ward.extra["pipeline_s"] = pipeline
         ward.extra["median_pipeline_s"] = statistics.median(pipeline)
@@ -551,6 +565,12 @@ def capture_table(r: CaptureResult, floor: Floor) -> list[str]:
     if pipe:
         rows.append(f"  (ward-agent pipeline only, from its log: {pipe:.3f} s, "
                     f"{r.capture.packets / pipe:,.0f} packets/s)")
+    flows_only = r.ward.extra.get("median_flows_only_s")
+    if flows_only:
+        cost = r.ward.median_wall / flows_only - 1
+        rows.append(f"  ward-agent flows only (no hints, no inventory): {flows_only:.3f} s; hints + "
+                    f"inventory cost {cost:+.1%}   target <= +{TARGET_HINT_COST:.0%}  "
+                    f"{verdict(cost <= TARGET_HINT_COST)}")
     rows.append(f"  ratio ward-agent/softflowd packets/s: {r.ratio:.2f}x   target >= {TARGET_RATIO}x  "
                 f"{verdict(r.ratio >= TARGET_RATIO)}")
     bpf = r.bytes_per_live_flow

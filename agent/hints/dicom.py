@@ -51,10 +51,16 @@ _ABORT_REASONS: Final = {0: "not_specified", 1: "unrecognized_pdu", 2: "unexpect
                          6: "invalid_pdu_parameter_value"}
 
 
+REGISTERED_PORTS: Final = frozenset({104, 11112})
+
+
 def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
-    """The initiator's first bytes are an A-ASSOCIATE-RQ header with printable AE titles, any port."""
-    if proto != "tcp" or not from_a or len(payload) < 10 or payload[:2] != b"\x01\x00":
+    """The initiator's first bytes are an A-ASSOCIATE-RQ header with printable AE titles, any port;
+    on the registered DICOM ports a header cut short in its first segment is enough."""
+    if proto != "tcp" or not from_a or payload[:2] != b"\x01\x00"[:len(payload)]:
         return False
+    if len(payload) < 10:
+        return b_port in REGISTERED_PORTS
     length = struct.unpack_from("!I", payload, 2)[0]
     if not _FIXED <= length <= MAX_PDU - _HEADER or not payload[7] & 1:
         return False

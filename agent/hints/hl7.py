@@ -27,8 +27,9 @@ _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]*$")
 
 
 def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
-    """An MLLP frame start followed by an MSH segment, whatever the port."""
-    return proto == "tcp" and payload[:4] == START + b"MSH"
+    """An MLLP frame start followed by an MSH segment, whatever the port (a sender may write the
+    start byte, or the first few bytes, in a segment of their own)."""
+    return proto == "tcp" and (payload[:4] == START + b"MSH" or (START + b"MSH").startswith(payload))
 
 
 def start(options: HintOptions) -> Hl7Flow:
