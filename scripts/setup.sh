@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${WARD_VENV:-.venv}
-DEBS=(tshark tcpdump softflowd iproute2)
+DEBS=(tshark tcpdump softflowd iproute2 mosquitto)
 
 missing=()
 for pkg in "${DEBS[@]}"; do

@@ -1,0 +1,162 @@
+"""The broker set-up (scripts/broker_pki.py, broker_conf.py) confines each certificate to its own topics."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+
+import broker_pki
+import pytest
+from broker import (
+    SITE,
+    Broker,
+    mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
+)
+
+A, B = f"ward/{SITE}/ward3-a", f"ward/{SITE}/ward3-b"
+NOT_AUTHORIZED = 0x87
+
+
+def _connect_packet(client_id: bytes) -> bytes:
+    """An MQTT v5 CONNECT (clean start, keepalive 60, no properties)."""
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + len(client_id).to_bytes(2, "big") + client_id
+    return bytes([0x10, len(body)]) + body
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the broker sends back to a CONNECT, or b"" if it closes or resets the connection."""
+    sock.settimeout(5)
+    try:
+        sock.sendall(_connect_packet(b"ward3-a"))
+        return sock.recv(64)
+    except (OSError, ssl.SSLError):
+        return b""
+
+
+def test_sensor_publishes_to_own_topics(mosquitto: Broker) -> None:
+    """ward3-a may publish its data, status and config acks (a success code, < 0x80)."""
+    sensor = mosquitto.client("ward3-a")
+    codes = [sensor.publish(f"{A}/{suffix}", b"x") for suffix in ("up/flows", "status", "config/ack")]
+    assert all(code is not None and code.value < 0x80 for code in codes), codes
+
+
+def test_sensor_cannot_publish_to_other_sensor(mosquitto: Broker) -> None:
+    """ward3-a publishing on ward3-b's data topic gets PUBACK 0x87 'Not authorized'."""
+    code = mosquitto.client("ward3-a").publish(f"{B}/up/flows", b"forged")
+    assert code is not None and (code.value, code.getName()) == (NOT_AUTHORIZED, "Not authorized")
+
+
+def test_sensor_cannot_write_its_config(mosquitto: Broker) -> None:
+    """Only the collector writes a sensor's config topic; the sensor's own attempt gets 0x87."""
+    code = mosquitto.client("ward3-a").publish(f"{A}/config", b"{}", retain=True)
+    assert code is not None and code.value == NOT_AUTHORIZED
+
+
+def test_sensor_cannot_read_other_sensor(mosquitto: Broker) -> None:
+    """ward3-a's subscription to ward3-b's topics delivers nothing, while ward3-b gets its own config.
+
+    mosquitto 2.0's acl_file does not check subscriptions (SUBACK grants QoS 1); it checks `read` per
+    message, on delivery. The dynamic-security plugin would answer SUBACK 0x87 instead.
+    """
+    spy, owner = mosquitto.client("ward3-a"), mosquitto.client("ward3-b")
+    suback = spy.subscribe(f"{B}/#")
+    owner.subscribe(f"{B}/config")
+    mosquitto.client("collector").publish(f"{B}/config", b"config for b", retain=True)
+    owner.publish(f"{B}/up/flows", b"data of b")
+    assert owner.wait_messages(f"{B}/config", 1) == [(f"{B}/config", b"config for b", False)]
+    assert [code.value for code in suback] in ([1], [NOT_AUTHORIZED])
+    assert spy.messages() == []
+
+
+def test_sensor_reads_own_retained_config(mosquitto: Broker) -> None:
+    """The collector's retained config document reaches the sensor it is for."""
+    mosquitto.client("collector").publish(f"{A}/config", b"v1", retain=True)
+    sensor = mosquitto.client("ward3-a")
+    sensor.subscribe(f"{A}/config")
+    assert sensor.wait_messages(f"{A}/config", 1) == [(f"{A}/config", b"v1", True)]
+
+
+def test_collector_receives_every_sensor(mosquitto: Broker) -> None:
+    """The collector's subscription to ward/+/+/up/# gets data from both sensors."""
+    collector = mosquitto.client("collector")
+    collector.subscribe("ward/+/+/up/#")
+    mosquitto.client("ward3-a").publish(f"{A}/up/flows", b"a")
+    mosquitto.client("ward3-b").publish(f"{B}/up/flows", b"b")
+    assert sorted(p for _, p, _ in collector.wait_messages("ward/", 2)) == [b"a", b"b"]
+
+
+def test_collector_cannot_forge_sensor_data(mosquitto: Broker) -> None:
+    """The collector's certificate cannot publish on a sensor's data topic (0x87)."""
+    code = mosquitto.client("collector").publish(f"{A}/up/flows", b"forged")
+    assert code is not None and code.value == NOT_AUTHORIZED
+
+
+def test_client_id_takeover_prevented(mosquitto: Broker) -> None:
+    """ward3-a connecting with client id 'ward3-b' does not disconnect ward3-b (use_username_as_clientid)."""
+    victim = mosquitto.client("ward3-b")
+    assert victim.connected() is not None
+    intruder = mosquitto.client("ward3-a", client_id="ward3-b")
+    assert intruder.connected() is not None and not intruder.connected().is_failure  # type: ignore[union-attr]
+    code = victim.publish(f"{B}/up/flows", b"still here")
+    assert code is not None and code.value < 0x80
+    assert not any(e[0] == "disconnect" for e in victim.events)
+
+
+def test_client_id_takeover_without_pinning(mosquitto: Broker) -> None:
+    """The counter-check: without use_username_as_clientid the same intruder kicks ward3-b off."""
+    mosquitto.reconfigure(pin_client_id=False)
+    mosquitto.restart()
+    victim = mosquitto.client("ward3-b")
+    victim.client.reconnect_delay_set(60, 60)
+    assert victim.connected() is not None
+    mosquitto.client("ward3-a", client_id="ward3-b").connected()
+    events = victim.wait_for(lambda ev: any(e[0] == "disconnect" for e in ev))
+    assert any(e[0] == "disconnect" for e in events)
+    assert "Client ward3-b already connected, closing old connection." in mosquitto.log.read_text()
+
+
+def test_no_plaintext_mqtt(mosquitto: Broker) -> None:
+    """A plain-TCP MQTT CONNECT on the broker's only port gets no CONNACK."""
+    with socket.create_connection(("127.0.0.1", mosquitto.port), timeout=5) as sock:
+        assert _answer(sock) == b""
+
+
+def test_tls_without_client_certificate_refused(mosquitto: Broker) -> None:
+    """TLS with a valid server but no client certificate: the broker closes before any CONNACK."""
+    context = ssl.create_default_context(cafile=str(mosquitto.ca))
+    with socket.create_connection(("127.0.0.1", mosquitto.port), timeout=5) as raw:
+        try:
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except ssl.SSLError:
+            return  # refused during the handshake (TLS 1.2)
+        assert _answer(sock) == b""
+
+
+def test_certificate_from_another_ca_refused(mosquitto: Broker) -> None:
+    """A client certificate named 'ward3-b' but issued by a stranger's CA gets no CONNACK."""
+    rogue = mosquitto.directory / "rogue"
+    broker_pki.init_ca(rogue)
+    cert, key = broker_pki.issue_client(rogue, "ward3-b").cert, broker_pki.client_paths(rogue, "ward3-b")[1]
+    context = ssl.create_default_context(cafile=str(mosquitto.ca))
+    context.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", mosquitto.port), timeout=5) as raw:
+        try:
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except ssl.SSLError:
+            return
+        assert _answer(sock) == b""
+
+
+def test_private_keys_are_owner_only(mosquitto: Broker) -> None:
+    """Every private key the PKI script wrote has mode 0600."""
+    keys = sorted(mosquitto.settings.pki.rglob("*.key"))
+    assert len(keys) == 5
+    assert {stat.S_IMODE(k.stat().st_mode) for k in keys} == {0o600}
+
+
+@pytest.mark.parametrize("cn", ["", "a/b", "a+b", "#", "..", "x" * 65])
+def test_client_name_must_be_one_topic_level(cn: str) -> None:
+    """A CN that is not one plain topic level (so %u in the ACL could escape its level) is refused."""
+    with pytest.raises(ValueError):
+        broker_pki.validate_cn(cn)
