@@ -6,16 +6,17 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
-from agent import __version__, config, keys_cli, logsetup
+from agent import __version__, config, keys_cli, logsetup, service
+from agent.central import cli as central_cli
 from agent.emit import FlowTally, JsonLines
 from agent.pipeline import RunTotals, build_inventory, replay
 from agent.records import FlowRecord
 
-EX_OK, EX_DATAERR, EX_NOINPUT = 0, 65, 66
+EX_OK, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL = 0, 65, 66, 75
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,8 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--report", metavar="FILE", help="also write a readable summary, - for stderr")
     rep.add_argument("--hints", action="store_true",
                      help="also emit the protocol hints read from flow heads (type hint)")
+    rep.add_argument("--uplink", action="store_true",
+                     help="also send the records to the broker set in [uplink], and wait until it has them")
+    rep.add_argument("--drain-timeout", type=float, default=120.0, metavar="S",
+                     help="with --uplink: seconds to wait for the spool to drain (default 120)")
     rep.add_argument("--no-fast-path", action="store_true", help=argparse.SUPPRESS)
+    live = commands.add_parser("run", help="run the sensor live on the tap interface (the service)")
+    live.add_argument("--config", metavar="FILE", help="agent TOML configuration")
     keys_cli.add_commands(commands)
+    central_cli.add_commands(commands)
     return parser
 
 
@@ -58,19 +66,26 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     totals = RunTotals()
     try:
         inventory = build_inventory(settings, totals) if settings.inventory.enabled else None
-    except config.ConfigError as exc:
+        outbound = service.open_outbound(settings, totals.counters) if args.uplink else None
+    except (config.ConfigError, OSError, ValueError) as exc:
         print(f"ward-agent: {exc}", file=sys.stderr)
         return config.EX_CONFIG
+    if outbound is not None:
+        outbound.publisher.start()
     with _output(args.emit, sys.stdout) as out, _output(args.report, sys.stderr) as report:
         writer = JsonLines(out) if out is not None else None
         sinks: list[Callable[[FlowRecord], None]] = [tally.flow] if report is not None else []
         if writer is not None:
             sinks.append(writer.flow)
+        if outbound is not None:
+            sinks.append(outbound.uplink.flow)
         on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
         replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
                on_hint=writer.hint if writer is not None and args.hints else None, inventory=inventory,
                totals=totals)
         devices = inventory.devices() if inventory is not None else []
+        if outbound is not None:
+            delivered = _deliver(outbound, devices, args.drain_timeout)
         summary = totals.summary()
         if writer is not None:
             for device in devices:
@@ -82,11 +97,24 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
              unaccounted=summary["unaccounted"], capture_errors=len(summary["capture_errors"]))
     if summary["capture_errors"]:
         return EX_NOINPUT if summary["frames"] == 0 else EX_DATAERR
+    if outbound is not None and not delivered:
+        log.error("uplink_not_drained", timeout=args.drain_timeout, hint="is the broker reachable?")
+        return EX_TEMPFAIL
     return EX_OK
+
+
+def _deliver(outbound: service.Outbound, devices: list[dict[str, Any]], timeout: float) -> bool:
+    """The replay's devices as one snapshot, then wait until the broker has everything."""
+    outbound.uplink.devices([], lambda: devices, 0.0)
+    delivered = outbound.drain(timeout)
+    outbound.close(drain_seconds=2.0)
+    return delivered
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("keys", "central"):  # they read their own files, not the agent configuration
+        return int(args.handler(args))
     try:
         settings = config.load(getattr(args, "config", None))
     except config.ConfigError as exc:
@@ -95,6 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.configure(settings.log.level)
     if args.command == "replay":
         return _replay(args, settings)
-    if args.command == "keys":
-        return int(args.handler(args))
+    if args.command == "run":
+        return service.run(settings)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
