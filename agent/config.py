@@ -7,6 +7,7 @@ must not silently fall back to a default on a box nobody will visit again.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Final
 from agent.flowhead import HintSettings
 from agent.flows import FlowSettings
 from agent.hints import HINTERS
+from agent.uplink import UplinkSettings
 
 EX_CONFIG: Final = 78
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -43,6 +45,14 @@ class InventorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval: float = 60.0  # seconds between health messages
+    no_traffic_minutes: float = 10.0  # a silent tap for this long raises no_traffic
+    loss_percent: float = 1.0  # kernel drops above this share of an interval raise capture_loss
+    drop_to_user: str = "ward-agent"  # started as root: open the capture, then become this user
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
 
@@ -53,6 +63,8 @@ class AgentConfig:
     flows: FlowSettings = field(default_factory=FlowSettings)
     hints: HintSettings = field(default_factory=HintSettings)
     inventory: InventorySettings = field(default_factory=InventorySettings)
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -85,6 +97,15 @@ def _of_type(kind: type, choices: tuple[str, ...] = ()) -> Check:
             return f"must be one of {', '.join(choices)}, got {value!r}"
         return None
     return check
+
+
+_TOPIC_LEVEL: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _level(value: Any) -> str | None:
+    if not isinstance(value, str) or not _TOPIC_LEVEL.match(value) or value in (".", ".."):
+        return f"must be 1-64 of A-Z a-z 0-9 _ . - (one MQTT topic level), got {value!r}"
+    return None
 
 
 def _names(known: tuple[str, ...]) -> Check:
@@ -145,6 +166,29 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "refresh": _number(10, 86400),
         "roles_file": _of_type(str),
         "role_overrides": _role_overrides,
+    }),
+    "uplink": (UplinkSettings, {
+        "enabled": _of_type(bool),
+        "site": _level,
+        "sensor_id": _level,
+        "state_dir": _of_type(str),
+        "keys_dir": _of_type(str),
+        "broker_host": _of_type(str),
+        "broker_port": _number(1, 65535, integer=True),
+        "ca_file": _of_type(str),
+        "cert_file": _of_type(str),
+        "key_file": _of_type(str),
+        "spool_max_mb": _number(1, 65536, integer=True),
+        "fsync_interval": _number(0.01, 60),
+        "batch_flows": _number(1, 100_000, integer=True),
+        "batch_seconds": _number(0.1, 600),
+        "snapshot_seconds": _number(60, 86400),
+    }),
+    "health": (HealthSettings, {
+        "interval": _number(1, 3600),
+        "no_traffic_minutes": _number(1, 1440),
+        "loss_percent": _number(0, 100),
+        "drop_to_user": _of_type(str),
     }),
     "log": (LogSettings, {"level": _of_type(str, LOG_LEVELS)}),
 }

@@ -213,6 +213,12 @@ class FlowTable(Expiry):
                 slow(pk[off:off + cl], t)
         self._now = now
 
+    def advance(self, seconds: float) -> None:
+        """Move packet time forward on a quiet live link (wall time), so idle flows still expire."""
+        t = round(seconds * US)
+        if t >= self._tick and t > self._now:
+            self._now = self._clock(t, self._now)
+
     # ---- the general path ----------------------------------------------------------------------
     def _slow(self, frame: bytes, t: int) -> None:
         """Every frame the fast path does not take, new UDP flows included (they may be tunnels)."""

@@ -1,0 +1,212 @@
+"""`ward-agent run`: the sensor as a service, live on the tap (DESIGN.md section 1, issue 7).
+
+Order matters. The capture is opened first (it needs CAP_NET_RAW); then the process drops to its
+user with no capability left, before any thread exists (capabilities are per thread); only then
+do the spool's flusher and the publisher start. The loop reads batches, and once a second of
+wall time it moves packet time on over a quiet tap, sends device deltas and the flows batched so
+far, takes a health sample when one is due, and pings systemd's watchdog only while capture keeps
+returning. SIGTERM or SIGINT ends it: every live flow is reported (end), the spool flushed, the
+publisher given a few seconds to drain, and systemd told STOPPING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import __version__, privileges
+from agent.capture import CaptureError, KernelStats, LiveSettings, open_live
+from agent.config import EX_CONFIG, AgentConfig
+from agent.flows import FlowTable
+from agent.health import HealthMonitor
+from agent.inventory import Inventory
+from agent.pipeline import RunTotals, build_inventory
+from agent.publisher import Publisher, PublisherSettings
+from agent.records import Counters, FlowRecord, ProtoHint
+from agent.sdnotify import Notifier, Watchdog
+from agent.spool import Spool
+from agent.uplink import SensorKeys, Uplink, next_boot
+
+log = structlog.get_logger("agent.service")
+EX_UNAVAILABLE, EX_NOPERM = 69, 77
+
+
+@dataclass(slots=True)
+class Outbound:
+    """The uplink's three parts, present only when [uplink] is enabled."""
+
+    uplink: Uplink
+    spool: Spool
+    publisher: Publisher
+
+    def drain(self, timeout: float) -> bool:
+        """Flush and wait (wall time) until the spool is empty; False if it is not within `timeout`."""
+        self.uplink.flush()
+        self.spool.flush()
+        self.publisher.notify()
+        deadline = time.monotonic() + timeout
+        while self.spool.stats.depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.spool.stats.depth == 0
+
+    def close(self, drain_seconds: float) -> None:
+        self.uplink.flush()
+        self.spool.flush()
+        self.publisher.stop(timeout=drain_seconds)
+        self.spool.close()
+
+
+def open_outbound(settings: AgentConfig, counters: Counters) -> Outbound:
+    """Boot counter, keys, spool and publisher from [uplink]; raises OSError/ValueError if unusable."""
+    up = settings.uplink
+    state = Path(up.state_dir)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    boot = next_boot(state)
+    keys = SensorKeys.load(up.keys_dir)
+    spool = Spool(state / "spool", up.spool_max_mb << 20, up.fsync_interval)
+    publisher = Publisher(PublisherSettings(
+        host=up.broker_host, port=up.broker_port, site=up.site, sensor=up.sensor_id,
+        ca_file=Path(up.ca_file), cert_file=Path(up.cert_file), key_file=Path(up.key_file), boot=boot,
+        version=__version__, capabilities=("flows", "devices", "findings", "health")), spool)
+    uplink = Uplink(up, keys, spool, boot, counters, notify=publisher.notify)
+    return Outbound(uplink, spool, publisher)
+
+
+class Service:
+    """One live sensor: capture -> flow table (with heads) -> inventory -> uplink."""
+
+    def __init__(self, settings: AgentConfig, stop: threading.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.totals = RunTotals()
+        self.inventory: Inventory | None = (build_inventory(settings, self.totals)
+                                            if settings.inventory.enabled else None)
+        self.outbound: Outbound | None = None
+        self.table = FlowTable(settings.flows, self._on_flow, self.totals.counters, on_hint=self._on_hint,
+                               hints=settings.hints)
+        self.health: HealthMonitor | None = None
+        self.frames_since = 0
+
+    def _on_flow(self, record: FlowRecord) -> None:
+        self.totals.count_flow(record)
+        if self.inventory is not None:
+            self.inventory.on_flow(record)
+        if self.outbound is not None:
+            self.outbound.uplink.flow(record)
+
+    def _on_hint(self, hint: ProtoHint) -> None:
+        if self.inventory is not None:
+            self.inventory.on_hint(hint)
+
+    def start_health(self) -> None:
+        """Health samples of this run (after the privilege drop: it reads the state directory)."""
+        outbound = self.outbound
+        self.health = HealthMonitor(
+            self.settings.health, self.totals.counters,
+            (lambda: dataclasses.asdict(outbound.spool.stats)) if outbound is not None else None,
+            lambda: {"live": self.table.live, "peak": self.table.peak_live},
+            self.settings.uplink.state_dir if outbound is not None else "/")
+
+    def every_second(self, now: float, kernel: KernelStats) -> None:
+        self.table.advance(now)
+        if self.outbound is not None and self.inventory is not None:
+            inventory = self.inventory
+            self.outbound.uplink.devices(inventory.delta(now), inventory.devices, now)
+        if self.health is None:
+            return
+        self.health.observe(kernel, self.frames_since)
+        self.frames_since = 0
+        if self.health.due(now):
+            record, findings = self.health.sample(now)
+            log.info("health", packets=record.get("packets"), kernel=record.get("kernel"))
+            if self.outbound is not None:
+                self.outbound.uplink.health(record)
+                for finding in findings:
+                    self.outbound.uplink.finding(finding)
+            for finding in findings:
+                log.warning("finding", kind=finding.kind, summary=finding.summary)
+
+    def status(self) -> str:
+        values = self.totals.counters.values
+        return (f"{values.get('frames', 0)} frames, {self.totals.flows} flows, {self.table.live} live, "
+                f"{len(self.inventory) if self.inventory is not None else 0} devices")
+
+
+def run(settings: AgentConfig, stop: threading.Event | None = None) -> int:
+    """The service loop; returns an exit status (78 bad config, 69 capture unavailable, 77 no drop)."""
+    stop = stop or threading.Event()
+    if not settings.capture.interface:
+        log.error("no_interface", hint="set capture.interface to the mirror-port interface")
+        return EX_CONFIG
+    capture_settings = settings.capture
+    try:
+        capture = open_live(LiveSettings(capture_settings.interface, capture_settings.snaplen,
+                                         capture_settings.promiscuous, capture_settings.buffer_mb << 20,
+                                         capture_settings.timeout_ms, capture_settings.bpf),
+                            capture_settings.batch_size)
+    except CaptureError as exc:
+        log.error("capture_unavailable", error=str(exc))
+        return EX_UNAVAILABLE
+    try:
+        privileges.drop_privileges(settings.health.drop_to_user)
+    except (KeyError, PermissionError, OSError) as exc:
+        log.error("privilege_drop_failed", user=settings.health.drop_to_user, error=str(exc))
+        capture.close()
+        return EX_NOPERM
+    service = Service(settings, stop)
+    try:
+        if settings.uplink.enabled:
+            service.outbound = open_outbound(settings, service.totals.counters)
+    except (OSError, ValueError) as exc:
+        log.error("uplink_unavailable", error=str(exc))
+        capture.close()
+        return EX_CONFIG
+    return _loop(service, capture)
+
+
+def _loop(service: Service, capture: Any) -> int:
+    notifier, watchdog = Notifier.from_env(), Watchdog.from_env()
+    if service.outbound is not None:
+        service.outbound.publisher.start()
+    service.start_health()
+    _install_signals(service.stop)
+    notifier.ready(service.status())
+    log.info("started", interface=service.settings.capture.interface, pid=os.getpid())
+    last_second = 0.0
+    try:
+        while not service.stop.is_set():
+            packets, meta = capture.next_batch()
+            if meta:
+                service.table.ingest(packets, meta)
+                service.frames_since += len(meta) // 16
+            now = time.time()
+            if now - last_second >= 1.0:
+                last_second = now
+                service.every_second(now, capture.kernel_stats())
+                notifier.status(service.status())
+            watchdog.beat(True)
+    finally:
+        service.table.flush()
+        if service.outbound is not None:
+            if service.inventory is not None:
+                service.outbound.uplink.devices(service.inventory.delta(time.time()),
+                                                service.inventory.devices, time.time())
+            service.outbound.close(drain_seconds=5.0)
+        capture.close()
+        notifier.stopping(service.status())
+        log.info("stopped", status=service.status())
+    return 0
+
+
+def _install_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: stop.set())
