@@ -6,14 +6,24 @@ Everything else happens in the publisher's own thread, which drives paho's socke
 
 Delivery
     Entries are published to `ward/<site>/<sensor>/up/<kind>` (kind `config-ack`: `.../config/ack`) at
-    QoS 1, at most `window` at a time (and never more than the broker's Receive Maximum). An entry leaves
-    the spool only on a PUBACK with a success reason code (< 0x80; 0x10 "no matching subscribers" is one).
-    A refusal (>= 0x80, e.g. 0x87 not authorized, 0x97 quota exceeded) is counted by reason name and the
-    entry KEPT: refused entries are re-sent after a back-off that doubles up to `refused_backoff_max`
-    (an ACL refusal will not heal, but the spool's byte cap bounds what is kept, and a quota or broker
-    fault may). Each connection is a fresh paho client with a clean start and no broker session: after a
-    reconnect everything still in the spool is published again, so the collector sees duplicates and
-    drops them by (sensor, boot, seq), which every message carries.
+    QoS 1, at most `window` at a time (and never more than the broker's Receive Maximum). A PUBACK with a
+    success reason code (< 0x80; 0x10 "no matching subscribers" is one) frees the window slot. A refusal
+    (>= 0x80, e.g. 0x87 not authorized, 0x97 quota exceeded) is counted by reason name and the entry
+    KEPT: refused entries are re-sent after a back-off that doubles up to `refused_backoff_max` (an ACL
+    refusal will not heal, but the spool's byte cap bounds what is kept, and a quota or broker fault may).
+    Each connection is a fresh paho client with a clean start and no broker session: after a reconnect
+    every entry still in the spool is published again, so the collector sees duplicates and drops them
+    by (sensor, boot, seq), which every message carries in its readable header.
+
+End-to-end acknowledgement (`collector_ack`, the default)
+    mosquitto PUBACKs what it holds only in memory, and a SIGKILL loses it, so a PUBACK does not remove
+    the entry: it only marks it delivered to the broker. The publisher subscribes to its own
+    `ward/<site>/<sensor>/ack`, where the collector acknowledges what it committed (agent/acks.py), and
+    an entry leaves the spool only when such an ack covers its (boot, seq); acks for older boots apply
+    too. An entry PUBACKed but not acknowledged within `ack_timeout` is published again ("republished")
+    once an ack shows the collector alive, else one entry per `ack_timeout` as a probe (acks.Outstanding).
+    An entry whose header cannot be read is dropped and counted ("unreadable"). With collector_ack
+    False an entry leaves the spool on its PUBACK, as before; a broker crash can then lose data.
 
 Connection
     Reconnects back off exponentially (from `backoff_min`, doubling to `backoff_max`) with jitter (a
@@ -48,6 +58,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.acks import Outstanding, decode_ack
+
 _log = logging.getLogger(__name__)
 _LEVEL: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KIND: Final = re.compile(r"[a-z0-9_-]{1,32}")
@@ -81,6 +93,8 @@ class PublisherSettings:
     stable_after: float = 10.0
     refused_backoff_min: float = 5.0
     refused_backoff_max: float = 300.0
+    collector_ack: bool = True  # remove entries on the collector's ack (True) or on the broker's PUBACK
+    ack_timeout: float = 30.0  # PUBACKed, no collector ack this long: publish again (acks.Outstanding)
 
     def __post_init__(self) -> None:
         for name in ("site", "sensor"):
@@ -88,6 +102,8 @@ class PublisherSettings:
                 raise ValueError(f"{name} must be one topic level of [A-Za-z0-9_.-]")
         if self.window < 1 or self.keepalive < 5 or not 0 < self.backoff_min <= self.backoff_max:
             raise ValueError("need window >= 1, keepalive >= 5, 0 < backoff_min <= backoff_max")
+        if self.ack_timeout <= 0:
+            raise ValueError("ack_timeout must be > 0")
 
 
 def topic_for(site: str, sensor: str, kind: str) -> str:
@@ -114,6 +130,9 @@ class Publisher:
         self._s, self._spool, self._on_config = settings, spool, on_config
         self._status = status or (lambda online: status_json(online, settings))
         self._prefix = f"ward/{settings.site}/{settings.sensor}"
+        self._ack_topic = f"{self._prefix}/ack"
+        self._track = Outstanding(settings.ack_timeout) if settings.collector_ack else None
+        self._pruned_at = 0.0
         self._wake_r, self._wake_w = socket.socketpair()  # closed sockets refuse writes; fds could be reused
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -156,11 +175,14 @@ class Publisher:
         return not self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: connects, reconnects, connect_failed:<why>, published, acked, failed {reason name: n},
-        status_acked, errors, in_flight, connected. Absent counters are zero."""
+        """Counters: connects, reconnects, connect_failed:<why>, published (republished included),
+        acked (broker PUBACKs), failed {reason name: n}, status_acked, errors; with collector_ack:
+        republished, acks (ack messages), acks_bad, collector_acked (entries removed), unreadable,
+        vanished (gone from the spool before their ack), subscribe_failed. Absent counters are zero.
+        Gauges: in_flight, awaiting_ack (published, not acknowledged by the collector), connected."""
         with self._lock:
             return {**self._counts, "failed": dict(self._failed), "in_flight": len(self._inflight),
-                    "connected": self._connected}
+                    "awaiting_ack": len(self._track or ()), "connected": self._connected}
 
     # -- the thread ---------------------------------------------------------------------------------------
 
@@ -202,6 +224,7 @@ class Publisher:
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
         self._alive, self._connected, self._connack, self._lost = False, False, None, ""
@@ -236,27 +259,59 @@ class Publisher:
 
     def _fill(self, client: mqtt.Client) -> None:
         room = self._window - len(self._inflight)
+        track = self._track
+        if track is not None and room > 0:
+            room = self._republish(client, track, room)
         while room > 0 and self._alive:
             entries = self._spool.peek(room, after=self._cursor)
             if not entries:
                 return
             for entry_id, kind, payload in entries:
                 self._cursor = entry_id
-                if entry_id in self._inflight_ids:
+                if entry_id in self._inflight_ids or (track is not None and track.is_delivered(entry_id)):
                     continue
-                try:
-                    topic = topic_for(self._s.site, self._s.sensor, kind)
-                except ValueError:
-                    self._refused("bad kind")
+                if track is not None and not track.sent(entry_id, payload):
+                    self._count("unreadable")
+                    self._acked.append(entry_id)
                     continue
-                info = client.publish(topic, payload, qos=1)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._alive = False
+                if not self._send(client, entry_id, kind, payload):
                     return
-                self._inflight[info.mid] = entry_id
-                self._inflight_ids.add(entry_id)
-                self._count("published")
                 room -= 1
+
+    def _republish(self, client: mqtt.Client, track: Outstanding, room: int) -> int:
+        """Publish again what waited `ack_timeout` for the collector; the window room left."""
+        now = time.monotonic()
+        if now - self._pruned_at >= 1.0:  # forget entries the spool evicted (drop-oldest)
+            self._pruned_at = now
+            oldest = self._spool.peek(1)
+            self._count("vanished", track.forget_before(oldest[0][0] if oldest else None))
+        for entry_id in track.due(now, room):
+            found = self._spool.peek(1, after=entry_id - 1)
+            if not found or found[0][0] != entry_id:
+                track.forget(entry_id)
+                self._count("vanished")
+                continue
+            if not self._send(client, entry_id, found[0][1], found[0][2]):
+                return 0
+            self._count("republished")
+            room -= 1
+        return room
+
+    def _send(self, client: mqtt.Client, entry_id: int, kind: str, payload: bytes) -> bool:
+        """Publish one entry (True), or count a bad kind (True) / note a dead connection (False)."""
+        try:
+            topic = topic_for(self._s.site, self._s.sensor, kind)
+        except ValueError:
+            self._refused("bad kind")
+            return True
+        info = client.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._alive = False
+            return False
+        self._inflight[info.mid] = entry_id
+        self._inflight_ids.add(entry_id)
+        self._count("published")
+        return True
 
     def _pump(self, client: mqtt.Client, timeout: float) -> None:
         """One round of socket IO (reads, writes, keepalive), waking early on notify()."""
@@ -295,6 +350,8 @@ class Publisher:
             self._spool.remove(self._acked)
         self._acked, self._cursor, self._rewind_at = [], 0, None
         self._inflight, self._inflight_ids, self._alive = {}, set(), False
+        if self._track is not None:
+            self._track.new_session()
         with self._lock:
             self._connected = False
 
@@ -311,6 +368,8 @@ class Publisher:
             self._connected = True
         self._alive = True
         self._birth_mid = client.publish(f"{self._prefix}/status", self._status(True), qos=1, retain=True).mid
+        if self._track is not None:
+            client.subscribe(self._ack_topic, qos=1)
         if self._on_config is not None:
             client.subscribe(f"{self._prefix}/config", qos=1)
 
@@ -323,7 +382,10 @@ class Publisher:
             return
         self._inflight_ids.discard(entry_id)
         if reason.value < 0x80:
-            self._acked.append(entry_id)
+            if self._track is None:
+                self._acked.append(entry_id)
+            else:
+                self._track.delivered(entry_id, time.monotonic())
             self._count("acked")
             if entry_id <= self._rewound_upto:
                 self._refused_delay = self._s.refused_backoff_min
@@ -335,7 +397,14 @@ class Publisher:
             _log.info("broker connection lost: %s", reason.getName())
         self._alive = False
 
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        if any(reason.is_failure for reason in reasons):
+            self._count("subscribe_failed")
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._ack_topic:
+            self._on_ack(bytes(message.payload))
+            return
         if self._on_config is None:
             return
         try:
@@ -343,6 +412,19 @@ class Publisher:
         except Exception:
             _log.exception("config handler failed")
             self._count("config_handler_errors")
+
+    def _on_ack(self, payload: bytes) -> None:
+        if self._track is None:
+            return
+        try:
+            boot, spans = decode_ack(payload)
+        except ValueError:
+            self._count("acks_bad")
+            return
+        done = self._track.ack(boot, spans, time.monotonic())
+        self._acked.extend(done)
+        self._count("acks")
+        self._count("collector_acked", len(done))
 
     # -- bookkeeping ----------------------------------------------------------------------------------------
 
@@ -358,9 +440,10 @@ class Publisher:
         self._count(f"connect_failed:{reason}")
         _log.info("broker connect failed: %s%s", reason, f" ({detail})" if detail else "")
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
+    def _count(self, name: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counts[name] += n
 
 
 def _close(client: mqtt.Client) -> None:

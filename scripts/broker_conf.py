@@ -18,9 +18,10 @@ The listener (there is no plaintext one)
     `allow_anonymous false`.
 
 The ACL (topics `ward/<site>/<sensor>/...`, DESIGN.md section 4)
-    collector     reads up/#, status, config/ack of every sensor; writes every sensor's config.
+    collector     reads up/#, status, config/ack of every sensor; writes every sensor's config and ack
+                  (the end-to-end acknowledgement of what it committed, agent/acks.py).
     each sensor   (pattern, %u = CN = sensor id) writes its own up/#, status and config/ack, reads its own
-                  config. Nothing else: a refused publish gets PUBACK 0x87 (not authorized), a refused
+                  config and ack. Nothing else: a refused publish gets PUBACK 0x87 (not authorized), a refused
                   subscription SUBACK 0x87. The site level is a wildcard: sensor ids are unique across
                   sites (they already key the collector's de-duplication), and the collector checks that a
                   sensor publishes under its registered site.
@@ -33,7 +34,8 @@ Limits (documented choices, all overridable)
                                   sensor's spool, not the broker, is the source of truth.
     max_packet_size 1 MiB         larger packets disconnect the client (v5 clients are told the limit).
     persistence false             (on: data/mosquitto.db, autosave every 60 s) the broker acknowledges
-                                  before it writes either way; sensors re-send what was not acknowledged.
+                                  before it writes either way; sensors re-send what the collector has
+                                  not acknowledged on .../ack (agent/acks.py).
     persistent_client_expiration 7d   sessions of vanished clients are freed.
 """
 
@@ -55,12 +57,14 @@ topic read ward/+/+/up/#
 topic read ward/+/+/status
 topic read ward/+/+/config/ack
 topic write ward/+/+/config
+topic write ward/+/+/ack
 
 # Every sensor (CN = sensor id): its own topics only.
 pattern write ward/+/%u/up/#
 pattern write ward/+/%u/status
 pattern write ward/+/%u/config/ack
 pattern read ward/+/%u/config
+pattern read ward/+/%u/ack
 """
 
 

@@ -19,6 +19,16 @@ Reconnects back off exponentially from `backoff_min` to `backoff_max` with jitte
 are renewed on every connect with retain handling 1 (retained birth/will messages only when the
 subscription is new). `share_group` subscribes through `$share/<group>/...` so several collectors
 split the load (issue 6).
+
+Shared subscriptions (measured with mosquitto 2.0.11, tests/integration/test_postgres.py)
+    The broker hands each message to one member, round robin. Every member needs its own certificate:
+    the broker pins the client id to the CN, so two members with one certificate would take over each
+    other's session. The group shares the collector's X25519 key and, for exactly-once storage, one
+    database (PostgreSQL). A member that dies keeps its persistent session, and the broker keeps
+    routing its share of new messages into that session (eclipse-mosquitto#2662): they wait there until
+    the member comes back (run it under systemd with Restart=always), and nothing is lost. With
+    session_expiry 0 the survivors get every new message at once, but what the dead member had queued
+    or in flight is dropped by the broker, and only the sensor's resend can bring it back.
 """
 
 from __future__ import annotations
@@ -42,7 +52,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent import acks, crypto, messages
+
 TOPICS: Final = ("ward/+/+/up/#", "ward/+/+/status", "ward/+/+/config/ack")
+_ACKED: Final = frozenset({"stored", "duplicate", "bad_payload"})  # verified messages only
 _log = logging.getLogger(__name__)
 
 
@@ -79,6 +92,7 @@ class Subscriber:
         self._connected = False
         self._alive = False
         self._sub_mid = -1
+        self._committed: list[tuple[str, str, int, int]] = []  # (site, sensor, boot, seq) to acknowledge
 
     @property
     def connected(self) -> bool:
@@ -136,6 +150,7 @@ class Subscriber:
         try:
             while self._alive and not stop.is_set():
                 rc = client.loop(timeout=0.5)
+                self._send_acks(client)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._count(f"lost:{rc.name}")
                     break
@@ -176,17 +191,28 @@ class Subscriber:
         if self._on_subscribed is not None:
             self._on_subscribed()
 
+    def _send_acks(self, client: mqtt.Client) -> None:
+        """Tell the sensors which messages are stored, batched per loop round (never the rejected)."""
+        committed, self._committed = self._committed, []
+        for topic, body in acks.ack_messages(committed):
+            client.publish(topic, body, qos=1)
+            self._count("acks_sent")
+
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         if not self._alive:  # a failed message earlier in this read: leave the rest for the re-send
             return
+        payload = bytes(message.payload)
         try:
-            self._handle(message.topic, bytes(message.payload))
+            outcome = self._handle(message.topic, payload)
         except Exception:
             _log.exception("storing a message failed; it stays unacknowledged and comes again")
             self._count("store_failed")
             self._alive = False
             return
         self._count("messages")
+        if outcome in _ACKED:  # committed (or already stored): the sensor may delete it (agent/acks.py)
+            header = messages.decode_header(crypto.read_header(payload))
+            self._committed.append((message.topic.split("/")[1], header.sensor, header.boot, header.seq))
         if message.qos > 0:
             client.ack(message.mid, message.qos)
 

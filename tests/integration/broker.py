@@ -5,6 +5,8 @@
 port; `start()` runs /usr/sbin/mosquitto and returns once it completes TLS handshakes; `stop()` (SIGTERM),
 `kill()` (SIGKILL) and `restart()` (same port, same files). `client(cn)` gives a connected paho client
 (MQTT v5, loop thread running) wrapped in a `Peer` that records its events for assertions.
+`AckingCollector(broker)` plays the collector's side of the end-to-end acknowledgement (agent/acks.py)
+for the tests and scripts/reliability.py.
 
 The pytest fixture `mosquitto` lives here too; a test module takes it with
 `from broker import mosquitto_fixture  # noqa: F401` (a tests/integration/conftest.py would shadow the
@@ -35,6 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from agent import crypto, messages
+from agent.acks import ack_messages
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SITE = "ward3"
@@ -125,12 +130,16 @@ class Broker:
         self.kill() if hard else self.stop()
         self.start()
 
-    def client(self, cn: str, client_id: str | None = None, *, persistent: bool = False) -> Peer:
+    def client(self, cn: str, client_id: str | None = None, *, persistent: bool = False,
+               on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None] | None = None) -> Peer:
         """A paho client (MQTT v5) as `cn`, connecting with its loop thread running; see Peer.
 
         persistent: no clean start and a one-hour session, so its subscriptions and queued messages
-        outlive a disconnect (and a broker restart, once saved with persistence on)."""
+        outlive a disconnect (and a broker restart, once saved with persistence on). on_message: a
+        handler instead of recording messages, installed before the session's queue can arrive."""
         peer = Peer(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cn, protocol=mqtt.MQTTv5))
+        if on_message is not None:
+            peer.client.on_message = on_message
         cert, key = self.cert(cn)
         peer.client.tls_set(ca_certs=str(self.ca), certfile=str(cert), keyfile=str(key))
         peer.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
@@ -250,3 +259,78 @@ class Peer:
         with self._arrived:
             self.events.append(event)
             self._arrived.notify_all()
+
+
+class AckingCollector:
+    """The collector's protocol without its database: subscribes to `ward/+/+/up/#` as CN `collector`,
+    "commits" each message (the first copy into `stored` by (sensor, boot, seq), later ones counted in
+    `duplicates`) and, every `interval` seconds, publishes acks for all it committed since on
+    `ward/<site>/<sensor>/ack` (agent.acks.ack_messages, QoS 1), as agent/central does after a commit.
+
+    A message whose header cannot be read is counted in `malformed` and not acknowledged. Keys put in
+    `lose` are discarded once, unacknowledged, as if the broker had dropped that copy. `disconnect()`
+    and `connect()` take it away and back (with `persistent`, its broker session survives meanwhile).
+    """
+
+    def __init__(self, broker: Broker, *, persistent: bool = False, interval: float = 0.02) -> None:
+        self.broker, self.persistent, self.interval = broker, persistent, interval
+        self.stored: dict[tuple[str, int, int], bytes] = {}
+        self.duplicates = self.malformed = self.received = self.ack_payloads = 0
+        self.lose: set[tuple[str, int, int]] = set()
+        self._lock = threading.Lock()
+        self._committed: list[tuple[str, str, int, int]] = []
+        self._stop = threading.Event()
+        self.peer: Peer | None = None
+        self.connect()
+        self._thread = threading.Thread(target=self._run, name="acking-collector", daemon=True)
+        self._thread.start()
+
+    def connect(self) -> None:
+        self.peer = self.broker.client("collector", persistent=self.persistent, on_message=self._on_message)
+        self.peer.subscribe("ward/+/+/up/#")
+
+    def disconnect(self) -> None:
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            peer.client.disconnect()
+            peer.client.loop_stop()
+            self.broker.clients.remove(peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.disconnect()
+
+    def keys(self) -> set[tuple[str, int, int]]:
+        with self._lock:
+            return set(self.stored)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        try:
+            header = messages.decode_header(crypto.read_header(payload))
+        except ValueError:
+            with self._lock:
+                self.malformed += 1
+            return
+        key = (header.sensor, header.boot, header.seq)
+        with self._lock:
+            self.received += 1
+            if key in self.lose:
+                self.lose.discard(key)
+                return
+            if key in self.stored:
+                self.duplicates += 1
+            else:
+                self.stored[key] = payload
+            self._committed.append((message.topic.split("/")[1], *key))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                batch, self._committed = self._committed, []
+            peer = self.peer
+            for topic, payload in ack_messages(batch):
+                if peer is not None:
+                    peer.client.publish(topic, payload, qos=1)
+                    self.ack_payloads += 1

@@ -69,6 +69,27 @@ def test_sensor_cannot_read_other_sensor(mosquitto: Broker) -> None:
     assert spy.messages() == []
 
 
+def test_sensor_cannot_read_other_sensors_acks(mosquitto: Broker) -> None:
+    """The collector's ack for ward3-b reaches ward3-b; ward3-a, subscribed to it too, gets nothing."""
+    spy, owner = mosquitto.client("ward3-a"), mosquitto.client("ward3-b")
+    spy.subscribe(f"{B}/ack")
+    owner.subscribe(f"{B}/ack")
+    code = mosquitto.client("collector").publish(f"{B}/ack", b'{"boot":1,"seqs":[[0,9]]}')
+    assert code is not None and code.value < 0x80
+    assert owner.wait_messages(f"{B}/ack", 1) == [(f"{B}/ack", b'{"boot":1,"seqs":[[0,9]]}', False)]
+    assert spy.messages() == []
+
+
+@pytest.mark.parametrize("sensor, target", [("ward3-a", A), ("ward3-b", A)])
+def test_sensor_cannot_write_an_ack(mosquitto: Broker, sensor: str, target: str) -> None:
+    """Only the collector acknowledges: a sensor's forged ack (its own or another's) gets PUBACK 0x87."""
+    subscriber = mosquitto.client("ward3-a")
+    subscriber.subscribe(f"{A}/ack")
+    code = mosquitto.client(sensor).publish(f"{target}/ack", b'{"boot":1,"seqs":[[0,99]]}')
+    assert code is not None and (code.value, code.getName()) == (NOT_AUTHORIZED, "Not authorized")
+    assert subscriber.messages() == []
+
+
 def test_sensor_reads_own_retained_config(mosquitto: Broker) -> None:
     """The collector's retained config document reaches the sensor it is for."""
     mosquitto.client("collector").publish(f"{A}/config", b"v1", retain=True)

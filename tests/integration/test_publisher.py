@@ -1,4 +1,6 @@
-"""The publisher against a real mosquitto over TLS: delivery, broker crashes, refusals, birth and will."""
+"""The publisher against a real mosquitto over TLS: delivery, end-to-end acks across broker crashes,
+refusals, birth and will. The collector is played by a paho client (broker.AckingCollector) that speaks
+the real ack protocol (agent/acks.py); entries are real sealed messages with readable headers."""
 
 from __future__ import annotations
 
@@ -20,16 +22,40 @@ import broker_pki
 import pytest
 from broker import (
     SITE,
+    AckingCollector,
     Broker,
-    Peer,
     mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from agent import crypto, messages
+from agent.acks import ack_topic, encode_ack
 from agent.publisher import Publisher, PublisherSettings
+from agent.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 UP = f"ward/{SITE}/ward3-a/up/"
 STATUS = f"ward/{SITE}/ward3-a/status"
+ACK = ack_topic(SITE, "ward3-a")
+_SIGNER, _RECIPIENT = Ed25519PrivateKey.generate(), X25519PrivateKey.generate().public_key()
+
+
+def sealed(seq: int, boot: int = 7, kind: str = "flows") -> bytes:
+    """A real sealed message of ward3-a (header readable, body encrypted)."""
+    header = messages.Header("ward3-a", boot, seq, kind)
+    return crypto.seal(b"body %d" % seq, messages.encode_header(header), _SIGNER, _RECIPIENT)
+
+
+def fill(spool: MemorySpool, count: int, boot: int = 7) -> list[bytes]:
+    payloads = [sealed(seq, boot) for seq in range(count)]
+    for payload in payloads:
+        spool.append("flows", payload)
+    return payloads
+
+
+def keys(count: int, boot: int = 7) -> set[tuple[str, int, int]]:
+    return {("ward3-a", boot, seq) for seq in range(count)}
 
 
 class MemorySpool:
@@ -106,29 +132,43 @@ def until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
     return condition()
 
 
+@pytest.fixture
+def collectors() -> Iterator[list[AckingCollector]]:
+    started: list[AckingCollector] = []
+    yield started
+    for collector in started:
+        collector.close()
+
+
+def acking(collectors: list[AckingCollector], broker: Broker, persistent: bool = False) -> AckingCollector:
+    collector = AckingCollector(broker, persistent=persistent)
+    collectors.append(collector)
+    return collector
+
+
 def test_every_entry_delivered_and_removed(mosquitto: Broker, publishers: list[Publisher]) -> None:
-    """500 entries reach a collector subscriber, and each leaves the spool after its PUBACK."""
+    """collector_ack off: 500 entries reach a collector subscriber, and each leaves the spool on PUBACK."""
     collector = mosquitto.client("collector")
     collector.subscribe("ward/+/+/up/#")
     spool = MemorySpool()
     for i in range(500):
         spool.append("flows", b"record %d" % i)
-    publisher = run(publishers, mosquitto, spool)
+    publisher = run(publishers, mosquitto, spool, collector_ack=False)
     assert until(lambda: len(spool) == 0 and len(collector.messages(UP)) >= 500)
     assert sorted(p for _, p, _ in collector.messages(UP)) == sorted(b"record %d" % i for i in range(500))
     assert (publisher.stats()["published"], publisher.stats()["acked"]) == (500, 500)
 
 
-def test_notify_wakes_an_idle_publisher(mosquitto: Broker, publishers: list[Publisher]) -> None:
-    """An entry appended while the publisher idles goes out at once after notify(), not at the next tick."""
-    collector = mosquitto.client("collector")
-    collector.subscribe("ward/+/+/up/#")
+def test_notify_wakes_an_idle_publisher(mosquitto: Broker, publishers: list[Publisher],
+                                        collectors: list[AckingCollector]) -> None:
+    """An entry appended while the publisher idles goes out at once after notify(), and is acked at once."""
+    acking(collectors, mosquitto)
     spool = MemorySpool()
     publisher = run(publishers, mosquitto, spool)
     assert until(lambda: publisher.stats()["connected"])
     time.sleep(0.2)
     began = time.monotonic()
-    spool.append("findings", b"urgent")
+    spool.append("findings", sealed(0, kind="findings"))
     publisher.notify()
     assert until(lambda: len(spool) == 0, 5)
     assert time.monotonic() - began < 0.5
@@ -139,64 +179,182 @@ def test_window_never_exceeds_receive_maximum(mosquitto: Broker, publishers: lis
     spool = MemorySpool()
     for i in range(300):
         spool.append("flows", b"%d" % i)
-    run(publishers, mosquitto, spool, window=32)
+    run(publishers, mosquitto, spool, window=32, collector_ack=False)
     assert until(lambda: len(spool) == 0)
     assert max(spool.peek_limits) == 20
 
 
 @pytest.fixture
-def persistent_collector(mosquitto: Broker) -> Peer:
-    """Broker persistence on, and a collector whose session (and subscription) is saved to survive SIGKILL."""
+def persistent_collector(mosquitto: Broker, collectors: list[AckingCollector]) -> AckingCollector:
+    """Broker persistence on, and an acking collector whose session (and subscription) is saved, so it
+    survives a SIGKILL: the broker queues for it while it is away, or after a restart."""
     mosquitto.reconfigure(persistence=True)
     mosquitto.restart()
-    collector = mosquitto.client("collector", persistent=True)
-    collector.subscribe("ward/+/+/up/#")
+    collector = acking(collectors, mosquitto, persistent=True)
     mosquitto.save()
     return collector
 
 
-def test_unacknowledged_entries_resent_after_broker_sigkill(mosquitto: Broker, persistent_collector: Peer,
-                                                            publishers: list[Publisher]) -> None:
-    """Broker SIGKILLed twice mid-stream: the spool drains; what was not PUBACKed at the last kill arrives."""
+def test_entries_kept_after_puback_until_collector_acks(mosquitto: Broker,
+                                                        publishers: list[Publisher]) -> None:
+    """PUBACKed entries stay in the spool; a collector ack removes exactly the (boot, seq) it covers."""
+    collector = mosquitto.client("collector")
+    collector.subscribe("ward/+/+/up/#")
     spool = MemorySpool()
-    for i in range(3000):
-        spool.append("flows", b"%d" % i)
+    payloads = fill(spool, 50)
     publisher = run(publishers, mosquitto, spool)
-    pending: set[bytes] = set()
-    for remaining in (2400, 1200):
-        assert until(lambda r=remaining: len(spool) <= r)  # type: ignore[misc]
-        mosquitto.kill()
-        assert until(lambda: not publisher.stats()["connected"])
-        pending = {payload for _, _, payload in spool.peek(10_000)}
-        mosquitto.start()
-    assert until(lambda: len(spool) == 0, 60)
-    assert publisher.stats()["acked"] == 3000
-    assert publisher.stats()["reconnects"] == 2
-    assert len(pending) > 500  # the re-send below is exercised, not vacuous
-    assert until(lambda: pending <= {p for _, p, _ in persistent_collector.messages(UP)})
+    assert until(lambda: publisher.stats().get("acked", 0) == 50 and len(collector.messages(UP)) == 50)
+    time.sleep(0.3)
+    assert len(spool) == 50 and publisher.stats()["awaiting_ack"] == 50
+    [first_half] = encode_ack(7, range(25))
+    collector.publish(ACK, first_half)
+    assert until(lambda: len(spool) == 25)
+    assert [p for _, _, p in spool.peek(100)] == payloads[25:]
+    [rest] = encode_ack(7, range(25, 50))
+    collector.publish(ACK, rest)
+    assert until(lambda: len(spool) == 0)
+    assert publisher.stats()["collector_acked"] == 50 and publisher.stats()["awaiting_ack"] == 0
 
 
-def test_broker_acknowledges_then_loses_on_sigkill(mosquitto: Broker, persistent_collector: Peer,
-                                                   publishers: list[Publisher]) -> None:
-    """mosquitto PUBACKs what it queues for an offline collector, and SIGKILL loses it (DESIGN.md, 5)."""
-    persistent_collector.client.disconnect()
+def test_ack_for_an_older_boot_applies(mosquitto: Broker, publishers: list[Publisher]) -> None:
+    """An ack for boot 6 removes boot 6's entries left in the spool, and nothing of boot 7."""
+    collector = mosquitto.client("collector")
+    collector.subscribe("ward/+/+/up/#")
     spool = MemorySpool()
-    for i in range(100):
-        spool.append("flows", b"%d" % i)
-    run(publishers, mosquitto, spool)
+    fill(spool, 10, boot=6)
+    fill(spool, 10, boot=7)
+    publisher = run(publishers, mosquitto, spool)
+    assert until(lambda: publisher.stats().get("acked", 0) == 20)
+    [ack] = encode_ack(6, range(10))
+    collector.publish(ACK, ack)
+    assert until(lambda: len(spool) == 10)
+    time.sleep(0.2)
+    remaining = [messages.decode_header(crypto.read_header(p)) for _, _, p in spool.peek(100)]
+    assert [(h.boot, h.seq) for h in remaining] == [(7, seq) for seq in range(10)]
+
+
+def test_nothing_lost_across_broker_sigkills(mosquitto: Broker, persistent_collector: AckingCollector,
+                                            publishers: list[Publisher], tmp_path: Path) -> None:
+    """Broker SIGKILLed and restarted 3 times during a 3,000-message stream into the real spool: every
+    (boot, seq) reaches the collector and the spool ends empty."""
+    spool = Spool(tmp_path / "spool", 64 << 20, fsync_interval=0.05)
+    payloads = [sealed(seq) for seq in range(3000)]
+    publisher = Publisher(settings(mosquitto, ack_timeout=1.0), spool)
+    publishers.append(publisher)
+    publisher.start()
+
+    def feed() -> None:
+        for payload in payloads:
+            spool.append("flows", payload)
+            publisher.notify()
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        depths = []
+        for stored in (500, 1300, 2100):
+            assert until(lambda n=stored: len(persistent_collector.keys()) >= n)  # type: ignore[misc]
+            mosquitto.kill()
+            depths.append(spool.stats.depth)
+            mosquitto.start()
+        feeder.join()
+        assert until(lambda: persistent_collector.keys() == keys(3000), 90)
+        assert until(lambda: spool.stats.depth == 0, 30)
+        assert min(depths) > 0  # each kill hit entries not yet acknowledged by the collector
+        assert publisher.stats()["reconnects"] == 3
+        assert publisher.stats()["collector_acked"] == 3000
+    finally:
+        feeder.join()
+        publisher.stop(2)
+        spool.close()
+
+
+def test_broker_acknowledges_then_loses_on_sigkill(mosquitto: Broker, persistent_collector: AckingCollector,
+                                                   publishers: list[Publisher]) -> None:
+    """collector_ack off: mosquitto PUBACKs what it queues for an offline collector, and SIGKILL loses it."""
+    persistent_collector.disconnect()
+    spool = MemorySpool()
+    fill(spool, 100)
+    run(publishers, mosquitto, spool, collector_ack=False)
     assert until(lambda: len(spool) == 0)  # all 100 acknowledged by the broker, gone from the spool
     mosquitto.restart(hard=True)
-    persistent_collector.client.reconnect()
-    persistent_collector.wait_for(lambda ev: sum(e[0] == "connect" for e in ev) >= 2)
+    persistent_collector.connect()
     time.sleep(1)
-    assert persistent_collector.messages(UP) == []
+    assert persistent_collector.keys() == set()
+
+
+def test_collector_ack_survives_sigkill_with_collector_away(mosquitto: Broker,
+                                                            persistent_collector: AckingCollector,
+                                                            publishers: list[Publisher]) -> None:
+    """The same crash with collector acks: the PUBACKed entries stay, are re-sent, and all 100 arrive."""
+    persistent_collector.disconnect()
+    spool = MemorySpool()
+    fill(spool, 100)
+    publisher = run(publishers, mosquitto, spool)
+    assert until(lambda: publisher.stats().get("acked", 0) == 100)
+    assert len(spool) == 100
+    mosquitto.restart(hard=True)
+    persistent_collector.connect()
+    assert until(lambda: persistent_collector.keys() == keys(100) and len(spool) == 0)
+
+
+def test_collector_away_without_session_nothing_lost(mosquitto: Broker, publishers: list[Publisher],
+                                                     collectors: list[AckingCollector]) -> None:
+    """No collector subscribed (PUBACK 0x10, the broker drops): entries stay, only a probe per ack_timeout
+    is re-sent meanwhile, and everything arrives once the collector subscribes."""
+    spool = MemorySpool()
+    fill(spool, 200)
+    publisher = run(publishers, mosquitto, spool, ack_timeout=0.5)
+    assert until(lambda: publisher.stats().get("acked", 0) >= 200)
+    time.sleep(2.0)
+    assert len(spool) == 200
+    assert 1 <= publisher.stats().get("republished", 0) <= 6
+    collector = acking(collectors, mosquitto)
+    assert until(lambda: collector.keys() == keys(200) and len(spool) == 0, 10)
+
+
+def test_lost_copy_republished_after_ack_timeout(mosquitto: Broker, publishers: list[Publisher],
+                                                 collectors: list[AckingCollector]) -> None:
+    """A copy that never reaches the collector's database is published again after ack_timeout."""
+    collector = acking(collectors, mosquitto)
+    collector.lose.add(("ward3-a", 7, 3))
+    spool = MemorySpool()
+    fill(spool, 10)
+    publisher = run(publishers, mosquitto, spool, ack_timeout=0.5)
+    assert until(lambda: len(spool) == 0, 10)
+    assert collector.keys() == keys(10)
+    assert publisher.stats()["republished"] >= 1 and publisher.stats().get("reconnects", 0) == 0
+
+
+def test_unreadable_entry_dropped_and_counted(mosquitto: Broker, publishers: list[Publisher],
+                                              collectors: list[AckingCollector]) -> None:
+    """An entry without a readable sealed header is removed unsent and counted; the others go through."""
+    collector = acking(collectors, mosquitto)
+    spool = MemorySpool()
+    spool.append("flows", b"not a sealed message")
+    fill(spool, 3)
+    publisher = run(publishers, mosquitto, spool)
+    assert until(lambda: len(spool) == 0)
+    assert publisher.stats()["unreadable"] == 1 and publisher.stats()["published"] == 3
+    assert collector.keys() == keys(3) and collector.malformed == 0
+
+
+def test_malformed_ack_counted_and_ignored(mosquitto: Broker, publishers: list[Publisher]) -> None:
+    """A malformed ack payload is counted (acks_bad) and removes nothing."""
+    spool = MemorySpool()
+    fill(spool, 3)
+    publisher = run(publishers, mosquitto, spool)
+    assert until(lambda: publisher.stats().get("acked", 0) == 3)
+    mosquitto.client("collector").publish(ACK, b'{"boot": 7, "seqs": [[2, 0]]}')
+    assert until(lambda: publisher.stats().get("acks_bad", 0) == 1)
+    assert len(spool) == 3
 
 
 def test_refused_publish_counted_and_kept(mosquitto: Broker, publishers: list[Publisher]) -> None:
     """Publishing as ward3-b with ward3-a's certificate: each PUBACK is 0x87, counted; entries kept."""
     spool = MemorySpool()
-    for i in range(5):
-        spool.append("flows", b"%d" % i)
+    fill(spool, 5)
     publisher = run(publishers, mosquitto, spool, sensor="ward3-b")
     assert until(lambda: publisher.stats()["failed"].get("Not authorized", 0) >= 5)
     assert len(spool) == 5
@@ -206,21 +364,23 @@ def test_refused_publish_counted_and_kept(mosquitto: Broker, publishers: list[Pu
 def test_refused_entry_resent_after_backoff(mosquitto: Broker, publishers: list[Publisher]) -> None:
     """A refused entry is published again after the refusal back-off, without a reconnect."""
     spool = MemorySpool()
-    spool.append("flows", b"x")
+    fill(spool, 1)
     publisher = run(publishers, mosquitto, spool, sensor="ward3-b")
     assert until(lambda: publisher.stats()["failed"].get("Not authorized", 0) >= 3, 10)
     assert publisher.stats()["published"] >= 3
     assert publisher.stats().get("reconnects", 0) == 0
 
 
-def test_refused_entry_delivered_once_allowed(mosquitto: Broker, publishers: list[Publisher]) -> None:
+def test_refused_entry_delivered_once_allowed(mosquitto: Broker, publishers: list[Publisher],
+                                              collectors: list[AckingCollector]) -> None:
     """Entries refused by the ACL go out and leave the spool after the ACL is fixed and reloaded (SIGHUP)."""
+    acking(collectors, mosquitto)
     acl = mosquitto.directory / "conf" / "acl"
     original = acl.read_text()
     acl.write_text(original.replace("pattern write ward/+/%u/up/#", "pattern write ward/+/%u/up/health"))
     mosquitto.reload()
     spool = MemorySpool()
-    spool.append("flows", b"x")
+    fill(spool, 1)
     publisher = run(publishers, mosquitto, spool)
     assert until(lambda: publisher.stats()["failed"].get("Not authorized", 0) >= 1)
     acl.write_text(original)
@@ -268,14 +428,16 @@ def test_will_published_when_sensor_killed(mosquitto: Broker) -> None:
         child.wait()
 
 
-def test_reconnects_when_broker_comes_up(mosquitto: Broker, publishers: list[Publisher]) -> None:
+def test_reconnects_when_broker_comes_up(mosquitto: Broker, publishers: list[Publisher],
+                                        collectors: list[AckingCollector]) -> None:
     """Started while the broker is down, the publisher backs off, then connects and delivers."""
     mosquitto.stop()
     spool = MemorySpool()
-    spool.append("health", b"h")
-    publisher = run(publishers, mosquitto, spool)
+    spool.append("health", sealed(0, kind="health"))
+    publisher = run(publishers, mosquitto, spool, ack_timeout=0.5)  # it may beat the collector (0x10)
     assert until(lambda: publisher.stats().get("connect_failed:ConnectionRefusedError", 0) >= 2)
     mosquitto.start()
+    acking(collectors, mosquitto)
     assert until(lambda: len(spool) == 0)
     failures = publisher.stats()["connect_failed:ConnectionRefusedError"]
     assert failures < 40  # bounded back-off, not a busy loop
@@ -288,7 +450,7 @@ def test_refused_certificate_counted_as_connect_failure(mosquitto: Broker,
     broker_pki.init_ca(rogue)
     issued = broker_pki.issue_client(rogue, "ward3-a")
     spool = MemorySpool()
-    spool.append("flows", b"x")
+    fill(spool, 1)
     publisher = Publisher(replace(settings(mosquitto), cert_file=issued.cert, key_file=issued.key), spool)
     publishers.append(publisher)
     publisher.start()
