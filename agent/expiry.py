@@ -9,6 +9,7 @@ under a full table walks the same wheel. FlowTable owns the columns; this base c
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import Final
 
 from agent.fragments import FragmentTable
@@ -40,6 +41,16 @@ class Expiry:
         self._second = -1
         self._tick = 0
         self._evict_cursor = 0
+        self.on_second: Callable[[int], None] | None = None  # called as packet time enters a new second
+
+    def retime(self, idle: float, active: float, grace: float) -> None:
+        """New timeouts for a running table (a remote push); ValueError if they outgrow the wheel.
+
+        Filed flows keep their slots: a visit recomputes each deadline from the new timeouts."""
+        horizon = round(max(idle, active, grace)) + 2
+        if horizon > self._wheel_size:
+            raise ValueError("timeouts longer than the running timer wheel: needs a restart")
+        self._idle, self._active, self._grace = round(idle * US), round(active * US), round(grace * US)
 
     def _end(self, slot: int, reason: str) -> None:
         raise NotImplementedError
@@ -58,6 +69,8 @@ class Expiry:
             self._visit(second)
         self._second = self._evict_cursor = target
         self._tick = (target + 1) * US
+        if self.on_second is not None:
+            self.on_second(target)
         return t
 
     def _schedule(self, ja: int, second: int) -> None:

@@ -62,7 +62,18 @@ class Inventory:
         self._refresh = refresh
         self._devices: OrderedDict[str, DeviceState] = OrderedDict()
         self._local: dict[str, bool] = {}
+        self._by_ip: dict[str, str] = {}  # address -> key of the device that last held it
         self._hints = HintApplier(self)
+
+    def reconfigure(self, max_devices: int, rules: RoleRules, local_networks: Sequence[str],
+                    refresh: float) -> None:
+        """New bounds, rules and networks for a running inventory; its devices are kept."""
+        self.max_devices, self.rules, self._refresh = max_devices, rules, refresh
+        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
+        self._local.clear()
+        while len(self._devices) > max_devices:
+            self._devices.popitem(last=False)
+            self.counters.add("inventory.evicted")
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -134,8 +145,12 @@ class Inventory:
                 device.changed = True
         if last > device.last_seen:
             device.last_seen = last
-        if local and ip is not None and not device.add_ip(ip, first, last):
-            self.counters.add("inventory.ips_dropped")
+        if local and ip is not None:
+            if not device.add_ip(ip, first, last):
+                self.counters.add("inventory.ips_dropped")
+            if len(self._by_ip) >= _MAX_LOCAL_CACHE:
+                self._by_ip.clear()
+            self._by_ip[ip] = key
         return device
 
     def is_local(self, ip: str | None) -> bool:
@@ -159,6 +174,16 @@ class Inventory:
         if self._networks:
             return any(address in network for network in self._networks)
         return not address.is_global
+
+    def device_record(self, key: str) -> dict[str, Any] | None:
+        """The record of one device by MAC (or "ip:<addr>"), None if unknown (detectors' context)."""
+        device = self._devices.get(key)
+        return self._record(device) if device is not None else None
+
+    def device_of_ip(self, ip: str) -> dict[str, Any] | None:
+        """The record of the device that last held a local address, None if none did."""
+        key = self._by_ip.get(ip)
+        return self.device_record(key) if key is not None else None
 
     def devices(self) -> list[dict[str, Any]]:
         """Every device's full record, sorted by key."""
