@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${WARD_VENV:-.venv}
-DEBS=(tshark tcpdump softflowd iproute2 mosquitto)
+DEBS=(tshark tcpdump softflowd iproute2 mosquitto postgresql chromium systemd)
 
 missing=()
 for pkg in "${DEBS[@]}"; do
@@ -27,7 +27,7 @@ stamp="$VENV/.ward-agent-installed"
 wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+    "$VENV/bin/python" -m pip install -q -e '.[test,postgresql]' >&2
     echo "$wanted" > "$stamp"
 fi
 echo "$VENV/bin/python"

@@ -1,4 +1,5 @@
-"""The collector's SQLite store: one file in WAL mode, one transaction per uplink message.
+"""The collector's store: SQLite (one file, WAL) or PostgreSQL (agent/central/db.py), one transaction per
+message.
 
 Schema (version 1; times are epoch seconds, REAL; `received` is the collector's clock, every other
 time the sensor's; JSON columns hold compact JSON text; boot/seq name the message a row came in):
@@ -34,26 +35,36 @@ time the sensor's; JSON columns hold compact JSON text; boot/seq name the messag
     quarantine(received, topic, payload, error)
         Messages that made the ingest code fail unexpectedly, kept whole for a later re-run.
 
-Durability: synchronous=NORMAL (default) survives a crash of the collector at any instruction; FULL
-also survives power loss, at one fsync per message. The MQTT edge acknowledges a message only after
-its transaction committed.
+Types are SQLite's; on PostgreSQL REAL is DOUBLE PRECISION, INTEGER BIGINT and BLOB BYTEA (db.create).
+
+Exactly once: the message row and all its rows go in one transaction, and the message row is inserted
+first with ON CONFLICT DO NOTHING on its primary key. Several collectors sharing one PostgreSQL
+database (an MQTT shared subscription) may race on the same message: the loser's insert waits for the
+winner's transaction, then inserts nothing, and the loser stores no rows but counts a duplicate. A
+transaction PostgreSQL rolls back to break a deadlock (db.Conflict) is run again, up to 5 times.
+
+Durability: SQLite synchronous=NORMAL (default) survives a crash of the collector at any instruction;
+FULL also survives power loss, at one fsync per message; PostgreSQL follows the server's
+synchronous_commit. The MQTT edge acknowledges a message only after its transaction committed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from agent.central import db as dbapi
 from agent.messages import Message
 from agent.records import FlowRecord
 
 SCHEMA_VERSION: Final = 1
-SYNCHRONOUS: Final = ("normal", "full")
+SYNCHRONOUS: Final = dbapi.SYNCHRONOUS
+ATTEMPTS: Final = 5
 _INT64: Final = 1 << 63
+_SCHEMA_LOCK: Final = 0x77617264  # pg_advisory_xact_lock key: collectors starting together create once
 
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,113 +108,134 @@ CREATE TABLE IF NOT EXISTS quarantine(received REAL NOT NULL, topic TEXT NOT NUL
   error TEXT NOT NULL);
 """
 
-_NEWER: Final = "(last_boot IS NULL OR :boot > last_boot OR (:boot = last_boot AND :seq > last_seq))"
-_TOUCH: Final = f"""UPDATE sensors SET first_seen = COALESCE(first_seen, :r),
-  last_seen = MAX(COALESCE(last_seen, :r), :r), messages = messages + 1, flows = flows + :n,
-  last_boot = CASE WHEN {_NEWER} THEN :boot ELSE last_boot END,
-  last_seq = CASE WHEN {_NEWER} THEN :seq ELSE last_seq END WHERE id = :sensor"""
+_NEWER: Final = "(last_boot IS NULL OR (?, ?) > (last_boot, last_seq))"
+_TOUCH: Final = f"""UPDATE sensors SET first_seen = COALESCE(first_seen, ?),
+  last_seen = CASE WHEN last_seen IS NULL OR last_seen < ? THEN ? ELSE last_seen END,
+  messages = messages + 1, flows = flows + ?,
+  last_boot = CASE WHEN {_NEWER} THEN ? ELSE last_boot END,
+  last_seq = CASE WHEN {_NEWER} THEN ? ELSE last_seq END WHERE id = ?"""
+_MESSAGE_SQL: Final = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _FLOW_SQL: Final = f"INSERT INTO flows VALUES ({', '.join('?' * 20)})"
 _FINDING_SQL: Final = f"INSERT INTO findings VALUES ({', '.join('?' * 18)})"
 _DEVICE_SQL: Final = """INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sensor, mac) DO
   UPDATE SET role = excluded.role, risk_score = excluded.risk_score, vendor = excluded.vendor,
-  hostname = excluded.hostname, first_seen = COALESCE(MIN(devices.first_seen, excluded.first_seen),
-  devices.first_seen, excluded.first_seen), last_seen = MAX(COALESCE(devices.last_seen, 0),
-  COALESCE(excluded.last_seen, 0)), updated = excluded.updated, record = excluded.record"""
+  hostname = excluded.hostname, first_seen = CASE WHEN devices.first_seen IS NULL
+    OR excluded.first_seen < devices.first_seen THEN excluded.first_seen ELSE devices.first_seen END,
+  last_seen = CASE WHEN COALESCE(excluded.last_seen, 0) > COALESCE(devices.last_seen, 0)
+    THEN COALESCE(excluded.last_seen, 0) ELSE COALESCE(devices.last_seen, 0) END,
+  updated = excluded.updated, record = excluded.record"""
+_CURRENT_DEVICE: Final = ("SELECT role, risk_score, vendor, hostname, record FROM devices "
+                          "WHERE sensor = ? AND mac = ?")
 
 
 class Store:
-    """The collector's database; not thread-safe (one ingest thread owns it)."""
+    """The collector's database; not thread-safe (one ingest thread owns it).
 
-    def __init__(self, path: str | Path, synchronous: str = "normal") -> None:
-        if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
-        self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 10000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        with self._transaction():
-            _create(self._db)
+    `target`: a SQLite file path or a postgresql:// URL (db.connect). `db` is the connection, for
+    readers (reports, advisories) that bring their own portable qmark SQL."""
+
+    def __init__(self, target: str | Path, synchronous: str = "normal") -> None:
+        self.db = dbapi.connect(target, synchronous=synchronous)
+        try:
+            with self.db.transaction():
+                _create(self.db)
+        except BaseException:
+            self.db.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        return self.db.backend
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def register(self, sensor: str, site: str | None, fingerprint: str) -> None:
         """Add or update a configured sensor (site None: any site)."""
-        self._db.execute("INSERT INTO sensors(id, site, fingerprint) VALUES (?, ?, ?) ON CONFLICT(id) DO "
-                         "UPDATE SET site = excluded.site, fingerprint = excluded.fingerprint",
-                         (sensor, site, fingerprint))
+        self.db.execute("INSERT INTO sensors(id, site, fingerprint) VALUES (?, ?, ?) ON CONFLICT(id) DO "
+                        "UPDATE SET site = excluded.site, fingerprint = excluded.fingerprint",
+                        (sensor, site, fingerprint))
 
     def seen(self, sensor: str, boot: int, seq: int) -> bool:
         """Whether this message is stored already."""
-        return self._db.execute("SELECT 1 FROM messages WHERE sensor = ? AND boot = ? AND seq = ?",
-                                (sensor, boot, seq)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM messages WHERE sensor = ? AND boot = ? AND seq = ?",
+                               (sensor, boot, seq)).fetchone() is not None
 
     def add(self, message: Message, size: int, received: float) -> bool:
         """Store a message and its rows in one transaction; False (nothing stored) if it is a duplicate.
 
-        ValueError, TypeError or OverflowError (the transaction rolled back) for a body it cannot store;
-        sqlite3 errors when the database fails."""
+        ValueError (db.DataError included), TypeError or OverflowError (the transaction rolled back) for
+        a body it cannot store; sqlite3 errors or db.Unavailable when the database fails."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._add(message, size, received)
+            except dbapi.Conflict:
+                if attempt == ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _add(self, message: Message, size: int, received: float) -> bool:
         h = message.header
-        with self._transaction():
-            self._db.execute("INSERT INTO sensors(id) VALUES (?) ON CONFLICT DO NOTHING", (h.sensor,))
-            if self._db.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (h.sensor, h.boot, h.seq, h.kind, _real(message.created), received,
-                                 size)).rowcount == 0:
-                self._db.execute("UPDATE sensors SET duplicates = duplicates + 1 WHERE id = ?", (h.sensor,))
+        with self.db.transaction():
+            self.db.execute("INSERT INTO sensors(id) VALUES (?) ON CONFLICT DO NOTHING", (h.sensor,))
+            key = (h.sensor, h.boot, h.seq)
+            if self.db.execute(_MESSAGE_SQL, (*key, h.kind, _real(message.created), received,
+                                              size)).rowcount == 0:
+                self.db.execute("UPDATE sensors SET duplicates = duplicates + 1 WHERE id = ?", (h.sensor,))
                 return False
             rows = _ROWS[h.kind](self, message, received)
-            self._db.execute(_TOUCH, {"sensor": h.sensor, "boot": h.boot, "seq": h.seq, "r": received,
-                                      "n": rows if h.kind == "flows" else 0})
+            self.db.execute(_TOUCH, (received, received, received, rows if h.kind == "flows" else 0,
+                                     h.boot, h.seq, h.boot, h.boot, h.seq, h.seq, h.sensor))
         return True
 
     def note_duplicate(self, sensor: str) -> None:
-        self._db.execute("UPDATE sensors SET duplicates = duplicates + 1 WHERE id = ?", (sensor,))
+        self.db.execute("UPDATE sensors SET duplicates = duplicates + 1 WHERE id = ?", (sensor,))
 
     def set_status(self, sensor: str, status: Mapping[str, Any], received: float) -> None:
         """Record a birth or will message (online flag and the whole document)."""
         online = status.get("online")
-        self._db.execute("UPDATE sensors SET online = ?, status = ?, status_ts = ? WHERE id = ?",
-                         (int(online) if isinstance(online, bool) else None, _json(status), received, sensor))
+        self.db.execute("UPDATE sensors SET online = ?, status = ?, status_ts = ? WHERE id = ?",
+                        (int(online) if isinstance(online, bool) else None, _json(status), received, sensor))
 
     def reject(self, reason: str, sensor: str, topic: str, received: float) -> None:
-        self._db.execute("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(reason, sensor, topic) "
-                         "DO UPDATE SET last = excluded.last, count = count + 1",
-                         (reason, sensor, topic, received, received))
+        self.db.execute("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(reason, sensor, topic) "
+                        "DO UPDATE SET last = excluded.last, count = rejects.count + 1",
+                        (reason, sensor, topic, received, received))
 
     def quarantine(self, topic: str, payload: bytes, error: str, received: float) -> None:
-        self._db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?)", (received, topic, payload, error))
+        self.db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?)", (received, topic, payload, error))
 
     def sensors(self) -> list[dict[str, Any]]:
         """Every sensor row, with `rejects` (refused messages whose topic named it), ordered by id."""
-        cursor = self._db.execute(
-            "SELECT s.*, (SELECT COALESCE(SUM(count), 0) FROM rejects r WHERE r.sensor = s.id) AS rejects "
-            "FROM sensors s ORDER BY id")
+        cursor = self.db.execute(
+            "SELECT s.*, (SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM rejects r "
+            "WHERE r.sensor = s.id) AS rejects FROM sensors s ORDER BY id")
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def count(self, table: str, where: str = "", *args: Any) -> int:
         """Rows in a table (tests and reports); `where` is SQL with ? placeholders for args."""
         if table not in _TABLES:
             raise ValueError(f"unknown table {table!r}")
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")
-        return int(self._db.execute(sql, args).fetchone()[0])
+        return int(self.db.execute(sql, args).fetchone()[0])
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return self._db.execute(sql, args).fetchall()
+        return self.db.query(sql, args)
 
     # -- rows per kind ----------------------------------------------------------------------------------
 
     def _flows(self, message: Message, _received: float) -> int:
         h = message.header
         records: list[FlowRecord] = message.body
-        self._db.executemany(_FLOW_SQL, [
+        self.db.executemany(_FLOW_SQL, [
             (h.sensor, h.boot, h.seq, r.first, r.last, str(r.proto), r.a_ip, r.a_port, r.b_ip, r.b_port,
              r.a_mac, r.b_mac, ",".join(map(str, r.vlan)), r.a_pkts, r.b_pkts, r.a_bytes, r.b_bytes,
              r.a_flags, r.b_flags, r.end) for r in records])
         return len(records)
 
     def _devices(self, message: Message, received: float) -> int:
+        """Upsert each device; a history row when it differs from the stored one (the latest change)."""
         h, devices = message.header, message.body["devices"]
         for d in devices:
             if not isinstance(d.get("mac"), str):
@@ -211,16 +243,15 @@ class Store:
             role, risk, vendor, hostname = (_text(d.get("role")), _real(d.get("risk_score")),
                                             _text(d.get("vendor")), _text(d.get("hostname")))
             software = _json(d.get("software"))
-            last = self._db.execute("SELECT role, risk_score, vendor, hostname, software FROM device_history "
-                                    "WHERE sensor = ? AND mac = ? ORDER BY rowid DESC LIMIT 1",
-                                    (h.sensor, d["mac"])).fetchone()
-            if last != (role, risk, vendor, hostname, software):
-                self._db.execute("INSERT INTO device_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (h.sensor, d["mac"], _real(message.created), received, role, risk, vendor,
-                                  hostname, software))
-            self._db.execute(_DEVICE_SQL, (h.sensor, d["mac"], role, risk, vendor, hostname,
-                                           _real(d.get("first_seen")), _real(d.get("last_seen")), received,
-                                           _json(d)))
+            current = self.db.execute(_CURRENT_DEVICE, (h.sensor, d["mac"])).fetchone()
+            if current is None or (*current[:4], _json(json.loads(current[4]).get("software"))) != (
+                    role, risk, vendor, hostname, software):
+                self.db.execute("INSERT INTO device_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (h.sensor, d["mac"], _real(message.created), received, role, risk, vendor,
+                                 hostname, software))
+            self.db.execute(_DEVICE_SQL, (h.sensor, d["mac"], role, risk, vendor, hostname,
+                                          _real(d.get("first_seen")), _real(d.get("last_seen")), received,
+                                          _json(d)))
         return len(devices)
 
     def _findings(self, message: Message, _received: float) -> int:
@@ -234,13 +265,13 @@ class Store:
                          _int(f.get("dst_port")), None if proto is None else str(proto),
                          _text(f.get("device")), _text(f.get("role")), _text(f.get("peer_role")),
                          _text(f.get("key")), _text(f.get("summary")), _json(f.get("evidence")), _json(f)))
-        self._db.executemany(_FINDING_SQL, rows)
+        self.db.executemany(_FINDING_SQL, rows)
         return len(rows)
 
     def _health(self, message: Message, _received: float) -> int:
         h = message.header
-        self._db.execute("INSERT INTO health VALUES (?, ?, ?, ?, ?)",
-                         (h.sensor, h.boot, h.seq, _real(message.created), _json(message.body)))
+        self.db.execute("INSERT INTO health VALUES (?, ?, ?, ?, ?)",
+                        (h.sensor, h.boot, h.seq, _real(message.created), _json(message.body)))
         return 1
 
     def _status(self, message: Message, received: float) -> int:
@@ -251,32 +282,16 @@ class Store:
         h, body = message.header, message.body
         errors = body.get("errors")
         ok = body["ok"] if isinstance(body.get("ok"), bool) else not errors
-        self._db.execute("INSERT INTO config_acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (h.sensor, h.boot, h.seq, _int(body.get("version")), int(ok),
-                          _json(errors if errors is not None else []), _real(message.created), received))
+        self.db.execute("INSERT INTO config_acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (h.sensor, h.boot, h.seq, _int(body.get("version")), int(ok),
+                         _json(errors if errors is not None else []), _real(message.created), received))
         return 1
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
 
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, _value: object, _tb: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def _create(db: sqlite3.Connection) -> None:
-    for statement in _DDL.split(";"):
-        if statement.strip():
-            db.execute(statement)
+def _create(db: dbapi.Database) -> None:
+    if db.backend == "postgresql":
+        db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+    db.create(_DDL)
     found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     if found is None:
         db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

@@ -1,9 +1,12 @@
-"""agent.central.store: one transaction per message, rows per kind, duplicates and rollbacks."""
+"""agent.central.store: one transaction per message, rows per kind, duplicates and rollbacks.
+
+The tests are written for either backend: tests/integration/test_postgres.py runs them again with
+`target` overridden by a fresh PostgreSQL database."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,17 @@ def _device(mac: str = "02:00:00:00:00:01", **changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    db = Store(tmp_path / "central.db")
+def target(tmp_path: Path) -> str:
+    """Where the store lives: a SQLite file here, a postgresql:// URL in test_postgres.py."""
+    return str(tmp_path / "central.db")
+
+
+@pytest.fixture
+def store(target: str) -> Iterator[Store]:
+    db = Store(target)
     db.register("s1", "ward3", "ab:cd")
-    return db
+    yield db
+    db.close()
 
 
 def test_database_is_in_wal_mode(store: Store) -> None:
@@ -49,7 +59,8 @@ def test_flow_rows_keep_every_field(store: Store) -> None:
     records = [_flow(), _flow(proto=47, vlan=(10, 20), a_mac=None, end="idle")]
     assert store.add(_msg("flows", records), 300, T0 + 9)
     rows = store.query("SELECT first, last, proto, a_ip, a_port, b_ip, b_port, a_mac, b_mac, vlan, a_pkts, "
-                       "b_pkts, a_bytes, b_bytes, a_flags, b_flags, end_reason FROM flows ORDER BY rowid")
+                       "b_pkts, a_bytes, b_bytes, a_flags, b_flags, end_reason FROM flows "
+                       "ORDER BY proto DESC")
     assert rows == [(T0, T0 + 1.5, "tcp", "10.0.0.1", 49152, "10.0.0.2", 443, "02:00:00:00:00:01",
                      "02:00:00:00:00:02", "", 3, 2, 180, 120, "SA", "SA", "fin"),
                     (T0, T0 + 1.5, "47", "10.0.0.1", 49152, "10.0.0.2", 443, None, "02:00:00:00:00:02",
@@ -96,7 +107,7 @@ def test_device_history_grows_only_on_change(store: Store) -> None:
     for seq, device in enumerate([_device(), _device(last_seen=T0 + 99),
                                   _device(software={"http_server": ["acme/1.1"]})], start=1):
         store.add(_msg("devices", {"mode": "delta", "devices": [device]}, seq=seq), 100, T0)
-    history = store.query("SELECT ts, software FROM device_history ORDER BY rowid")
+    history = store.query("SELECT ts, software FROM device_history ORDER BY ts")
     assert [json.loads(s)["http_server"] for _, s in history] == [["acme/1.0"], ["acme/1.1"]]
     assert history[1][0] == T0 + 3
 
@@ -141,8 +152,8 @@ def test_bad_device_rolls_the_whole_message_back(store: Store) -> None:
 
 
 def test_count_beyond_int64_rolls_back(store: Store) -> None:
-    """A flow count SQLite cannot hold raises OverflowError and stores nothing."""
-    with pytest.raises(OverflowError):
+    """A count beyond 64 bits raises OverflowError (SQLite) or ValueError and stores nothing."""
+    with pytest.raises((OverflowError, ValueError)):
         store.add(_msg("flows", [_flow(), _flow(a_bytes=1 << 64)]), 100, T0)
     assert store.count("messages") + store.count("flows") == 0
 
@@ -157,25 +168,42 @@ def test_rejects_are_counted_per_reason_sensor_and_topic(store: Store) -> None:
     assert store.sensors()[0]["rejects"] == 2
 
 
-def test_reopening_keeps_the_data(tmp_path: Path) -> None:
-    """A second Store on the same file sees what the first stored."""
-    first = Store(tmp_path / "c.db")
+def test_reopening_keeps_the_data(target: str) -> None:
+    """A second Store on the same database sees what the first stored."""
+    first = Store(target)
     first.add(_msg("flows", [_flow()]), 100, T0)
     first.close()
-    again = Store(tmp_path / "c.db")
+    again = Store(target)
     assert again.seen("s1", 1, 1) and not again.seen("s1", 1, 2)
+    again.close()
 
 
-def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+def test_other_schema_version_is_refused(target: str) -> None:
     """A database written by another schema version raises ValueError instead of being mixed."""
-    Store(tmp_path / "c.db").close()
-    with sqlite3.connect(tmp_path / "c.db") as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    first = Store(target)
+    first.db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    first.close()
     with pytest.raises(ValueError, match="schema version 99"):
-        Store(tmp_path / "c.db")
+        Store(target)
 
 
-def test_unknown_synchronous_mode_is_refused(tmp_path: Path) -> None:
+def test_unknown_synchronous_mode_is_refused(target: str) -> None:
     """Only normal and full are accepted."""
     with pytest.raises(ValueError):
-        Store(tmp_path / "c.db", synchronous="off")
+        Store(target, synchronous="off")
+
+
+def test_device_history_follows_arrival_order(store: Store) -> None:
+    """History compares with the stored device, so an older message arriving last still adds its change."""
+    for seq, version in ((2, "acme/1.1"), (1, "acme/1.0")):
+        device = _device(software={"http_server": [version]})
+        store.add(_msg("devices", {"mode": "delta", "devices": [device]}, seq=seq), 100, T0 + 10 - seq)
+    assert [json.loads(s)["http_server"] for (s,) in store.query(
+        "SELECT software FROM device_history ORDER BY received")] == [["acme/1.1"], ["acme/1.0"]]
+
+
+def test_status_document_with_text_only_is_kept_whole(store: Store) -> None:
+    """set_status with a non-boolean online stores NULL online and the document."""
+    store.set_status("s1", {"online": "yes"}, T0)
+    row = store.sensors()[0]
+    assert (row["online"], json.loads(row["status"])) == (None, {"online": "yes"})
