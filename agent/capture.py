@@ -86,6 +86,14 @@ class Capture:
         self._delivered += len(meta) // 16
         return packets, bytes(meta)
 
+    def set_filter(self, bpf: str) -> None:
+        """A new BPF filter on the open handle (needs no privilege); CaptureError if it does not compile."""
+        try:
+            self._reader.setfilter(bpf)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"{self.name}: {exc}") from exc
+        self._bpf = bpf
+
     def _salvage(self, failure: pcapy.PcapError) -> tuple[bytes, bytes]:
         """A damaged file: keep every packet before the damage, which the failed batch swallowed.
 

@@ -55,7 +55,8 @@ _HPKE_SUITE: Final = b"HPKE\x00\x20\x00\x01\x00\x03"  # KEM 0x20, KDF 1, AEAD 3 
 
 PrivateKey = Ed25519PrivateKey | X25519PrivateKey
 PublicKey = Ed25519PublicKey | X25519PublicKey
-ROLES: Final = {"sensor": "ed25519", "central": "ed25519", "collector": "x25519"}
+# sensor-box: the X25519 key remote configuration documents are encrypted to (agent/remote_config.py)
+ROLES: Final = {"sensor": "ed25519", "sensor-box": "x25519", "central": "ed25519", "collector": "x25519"}
 
 
 class OpenError(ValueError):

@@ -61,6 +61,7 @@ class FlowHeads:
     def __init__(self, settings: HintSettings, hinters: Sequence[HinterModule],
                  on_hint: Callable[[ProtoHint], None], counters: Counters,
                  ports: Callable[[int], Ports], context: Callable[[int], FlowContext]) -> None:
+        self._all_hinters = tuple(hinters)
         self._hinters = tuple(h for h in hinters if h.NAME not in settings.disabled)
         self._options = HintOptions(record_user=settings.record_user)
         self._packets = settings.packets
@@ -71,6 +72,12 @@ class FlowHeads:
         self._context = context
         self._heads: dict[int, _Head] = {}
         self._failed_logged: set[str] = set()
+
+    def reconfigure(self, settings: HintSettings) -> None:
+        """New limits and options for flows whose head starts from now on."""
+        self._hinters = tuple(h for h in self._all_hinters if h.NAME not in settings.disabled)
+        self._options = HintOptions(record_user=settings.record_user)
+        self._packets, self._bytes = settings.packets, settings.bytes
 
     def open(self, slot: int) -> None:
         self._heads[slot] = _Head(self._bytes, self._packets)

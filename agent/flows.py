@@ -213,6 +213,17 @@ class FlowTable(Expiry):
                 slow(pk[off:off + cl], t)
         self._now = now
 
+    def reconfigure(self, settings: FlowSettings, hints: HintSettings) -> None:
+        """New timeouts, table bound and head limits for a running table; flows in it are kept.
+
+        ValueError for what only a restart can change (hints switched on or off, longer horizons)."""
+        if (self._heads is not None) != hints.enabled:
+            raise ValueError("hints.enabled changes only at a restart")
+        self.retime(settings.idle_timeout, settings.active_timeout, settings.tcp_close_grace)
+        self._max_flows = settings.max_flows
+        if self._heads is not None:
+            self._heads.reconfigure(hints)
+
     def advance(self, seconds: float) -> None:
         """Move packet time forward on a quiet live link (wall time), so idle flows still expire."""
         t = round(seconds * US)

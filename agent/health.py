@@ -129,6 +129,9 @@ class HealthMonitor:
             self._last_traffic = self._clock()
             self._silence_reported = False
 
+    def reconfigure(self, settings: HealthSettings) -> None:
+        self._settings = settings
+
     def due(self, now: float) -> bool:
         return now - self._last_sample >= self._settings.interval
 

@@ -98,11 +98,15 @@ class Uplink:
         self._boot = boot
         self._seq = 0
         self._counters = counters
-        self._notify = notify
+        self.notify = notify
         self._clock = clock
         self._flows: list[FlowRecord] = []
         self._batch_start = 0.0
         self._last_snapshot: float | None = None
+
+    def reconfigure(self, settings: UplinkSettings) -> None:
+        """New batching for the running uplink (ids, keys and directories change only at a restart)."""
+        self._settings = settings
 
     def flow(self, record: FlowRecord) -> None:
         if not self._flows:
@@ -146,4 +150,4 @@ class Uplink:
         self._counters.add(f"uplink.messages.{kind}")
         self._counters.add(f"uplink.records.{kind}", records)
         self._counters.add("uplink.bytes", len(sealed))
-        self._notify()
+        self.notify()

@@ -1,0 +1,89 @@
+"""Remote configuration on the live sensor: what a pushed document changes, and how (DESIGN.md 6).
+
+Pushed documents arrive in the publisher's thread and wait in a queue; the service loop hands them
+to RemoteConfig (agent/remote_config.py: signature, version, validation, atomic storage, ack and
+rollback) in the main thread, which calls `apply` here. Everything runs without losing flow,
+device or baseline state:
+
+- capture.bpf and capture.batch_size: set on the open capture handle;
+- capture.interface, snaplen, promiscuous, buffer_mb, timeout_ms: refused with "restart needed"
+  (reopening needs CAP_NET_RAW, dropped for good after start-up); the push is rolled back and nacked;
+- flows and hints: the running table takes new timeouts, bound and head limits (hints switched on
+  or off, or timeouts longer than its timer wheel, are refused the same way);
+- inventory: new bounds, networks and role rules; devices kept;
+- uplink: new batching at once; a new broker address or TLS files restart the publisher on the
+  same spool; the rollback timer undoes a push that cuts the sensor off;
+- health and log: at once.
+
+If `apply` raises half-way, RemoteConfig calls it again from new to old, which undoes each step.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from agent import crypto, logsetup
+from agent.config import AgentConfig
+from agent.remote_config import RemoteConfig, changed_keys
+from agent.roles import load_rules
+
+if TYPE_CHECKING:
+    from agent.service import Outbound, Service
+
+log = structlog.get_logger("agent.service_config")
+_LIVE_CAPTURE_KEYS = frozenset({"capture.bpf", "capture.batch_size"})
+_BROKER_KEYS = frozenset({"uplink.broker_host", "uplink.broker_port", "uplink.ca_file", "uplink.cert_file",
+                          "uplink.key_file"})
+
+
+def remote_config(service: Service, outbound: Outbound, version: int) -> RemoteConfig | None:
+    """The sensor's remote configuration, or None when its keys are not installed (pushes ignored)."""
+    up = service.settings.uplink
+    central = Path(up.keys_dir) / "central.pub"
+    box, _ = crypto.key_paths(up.keys_dir, "sensor-box")
+    if not central.is_file() or not box.is_file():
+        log.warning("remote_config_off", missing=[str(p) for p in (central, box) if not p.is_file()])
+        return None
+    return RemoteConfig(service.settings, version, crypto.load_verify_key(central), up.sensor_id,
+                        crypto.load_decryption_key(box), up.state_dir,
+                        apply=lambda old, new: apply(service, old, new), ack=outbound.uplink.config_ack)
+
+
+def drain(remote: RemoteConfig | None, inbox: queue.SimpleQueue[bytes]) -> None:
+    """Handle the documents the publisher received since the last call (main thread)."""
+    while remote is not None and not inbox.empty():
+        ack = remote.handle(inbox.get_nowait())
+        if ack:
+            log.info("config_push", version=ack.get("version"), ok=ack.get("ok"), errors=ack.get("errors"))
+
+
+def apply(service: Service, old: AgentConfig, new: AgentConfig) -> None:
+    """Put `new` into effect on the running service; ValueError for what needs a restart."""
+    changed = set(changed_keys(old, new))
+    capture = {key for key in changed if key.startswith("capture.")}
+    if capture - _LIVE_CAPTURE_KEYS:
+        raise ValueError(f"{', '.join(sorted(capture - _LIVE_CAPTURE_KEYS))}: only a restart of the service "
+                         "reopens the capture")
+    if "capture.bpf" in changed and service.capture is not None:
+        service.capture.set_filter(new.capture.bpf)
+    if service.capture is not None:
+        service.capture.batch_size = new.capture.batch_size
+    service.table.reconfigure(new.flows, new.hints)
+    if service.inventory is not None and any(key.startswith("inventory.") for key in changed):
+        wanted = new.inventory
+        rules = load_rules(wanted.roles_file or None).with_overrides(wanted.role_overrides,
+                                                                     "inventory.role_overrides")
+        service.inventory.reconfigure(wanted.max_devices, rules, wanted.local_networks, wanted.refresh)
+    if service.health is not None:
+        service.health.reconfigure(new.health)
+    if service.outbound is not None:
+        service.outbound.uplink.reconfigure(new.uplink)
+        if changed & _BROKER_KEYS:
+            service.outbound.restart_publisher(new)
+    logsetup.configure(new.log.level)
+    service.settings = new
+    log.info("config_applied", changed=sorted(changed))
