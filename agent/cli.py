@@ -10,11 +10,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent import __version__, config, keys_cli, logsetup, service
+from agent import __version__, config, keys_cli, learn_cli, logsetup, policy_cli, service
 from agent.central import cli as central_cli
+from agent.detect import Detection, with_site_files
 from agent.emit import FlowTally, JsonLines
 from agent.pipeline import RunTotals, build_inventory, replay
-from agent.records import FlowRecord
+from agent.records import Finding, FlowRecord
 
 EX_OK, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL = 0, 65, 66, 75
 
@@ -34,10 +35,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="also send the records to the broker set in [uplink], and wait until it has them")
     rep.add_argument("--drain-timeout", type=float, default=120.0, metavar="S",
                      help="with --uplink: seconds to wait for the spool to drain (default 120)")
+    rep.add_argument("--baseline", metavar="FILE", help="detect against a baseline made by ward-agent learn")
+    rep.add_argument("--policy", metavar="FILE", help="a segmentation policy: flows outside it are findings")
     rep.add_argument("--no-fast-path", action="store_true", help=argparse.SUPPRESS)
     live = commands.add_parser("run", help="run the sensor live on the tap interface (the service)")
     live.add_argument("--config", metavar="FILE", help="agent TOML configuration")
     keys_cli.add_commands(commands)
+    learn_cli.add_commands(commands)
+    policy_cli.add_commands(commands)
     central_cli.add_commands(commands)
     return parser
 
@@ -74,6 +79,21 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
         outbound.publisher.start()
     with _output(args.emit, sys.stdout) as out, _output(args.report, sys.stderr) as report:
         writer = JsonLines(out) if out is not None else None
+        findings: list[Finding] = []
+
+        def on_finding(finding: Finding) -> None:
+            findings.append(finding)
+            if writer is not None:
+                writer.record(finding.to_dict())
+            if outbound is not None:
+                outbound.uplink.finding(finding)
+
+        wanted = with_site_files(settings.detectors, args.baseline, args.policy)
+        try:
+            detection = Detection(wanted, inventory, totals.counters, on_finding) if wanted.enabled else None
+        except (ValueError, OSError) as exc:  # a baseline or policy file that cannot be used
+            print(f"ward-agent: {exc}", file=sys.stderr)
+            return config.EX_CONFIG
         sinks: list[Callable[[FlowRecord], None]] = [tally.flow] if report is not None else []
         if writer is not None:
             sinks.append(writer.flow)
@@ -82,7 +102,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
         on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
         replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
                on_hint=writer.hint if writer is not None and args.hints else None, inventory=inventory,
-               totals=totals)
+               totals=totals, detection=detection)
         devices = inventory.devices() if inventory is not None else []
         if outbound is not None:
             delivered = _deliver(outbound, devices, args.drain_timeout)
@@ -92,7 +112,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
                 writer.record(device)
             writer.record(summary)
         if report is not None:
-            report.write(tally.report(summary, devices))
+            report.write(tally.report(summary, devices, findings))
     log.info("replay_done", frames=summary["frames"], flows=summary["flows"], seconds=summary["seconds"],
              unaccounted=summary["unaccounted"], capture_errors=len(summary["capture_errors"]))
     if summary["capture_errors"]:
@@ -113,7 +133,7 @@ def _deliver(outbound: service.Outbound, devices: list[dict[str, Any]], timeout:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("keys", "central"):  # they read their own files, not the agent configuration
+    if args.command in ("keys", "central", "learn", "policy"):  # they read their own files
         return int(args.handler(args))
     try:
         settings = config.load(getattr(args, "config", None))
@@ -124,5 +144,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "run":
-        return service.run(settings)
+        return service.run(settings, args.config)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands

@@ -53,6 +53,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorSettings:
+    enabled: bool = True
+    disabled: tuple[str, ...] = ()  # detector names switched off at this site
+    suppress_seconds: float = 3600.0  # the same finding key within this window is reported once
+    max_per_minute: int = 60  # findings per minute of packet time, beyond which they are counted only
+    allow: tuple[Mapping[str, Any], ...] = ()  # approved findings: {kind, key | key_prefix, src_ip?, dst_ip?}
+    tuning: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # detector name -> overrides
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
 
@@ -65,6 +75,7 @@ class AgentConfig:
     inventory: InventorySettings = field(default_factory=InventorySettings)
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -199,8 +210,8 @@ def parse(document: Mapping[str, Any]) -> AgentConfig:
     problems: list[str] = []
     sections: dict[str, Any] = {}
     for name in document:
-        if name not in _SCHEMA:
-            problems.append(f"{name}: unknown section (known: {', '.join(_SCHEMA)})")
+        if name not in _SCHEMA and name != "detectors":
+            problems.append(f"{name}: unknown section (known: {', '.join(_SCHEMA)}, detectors)")
     for name, (settings_type, checks) in _SCHEMA.items():
         table = document.get(name, {})
         if not isinstance(table, Mapping):
@@ -216,12 +227,49 @@ def parse(document: Mapping[str, Any]) -> AgentConfig:
             else:
                 values[key] = tuple(value) if isinstance(value, list) else value
         sections[name] = settings_type(**values)
+    sections["detectors"] = _detectors(document.get("detectors", {}), problems)
     flows = sections.get("flows")
     if isinstance(flows, FlowSettings) and flows.active_timeout < flows.idle_timeout:
         problems.append("flows.active_timeout: must not be shorter than flows.idle_timeout")
     if problems:
         raise ConfigError(problems)
     return AgentConfig(**sections)
+
+
+_DETECTOR_KEYS: Final = {"enabled": _of_type(bool), "suppress_seconds": _number(0, 86400 * 30),
+                         "max_per_minute": _number(1, 100_000, integer=True)}
+
+
+def _detectors(table: Any, problems: list[str]) -> DetectorSettings:
+    """[detectors]: engine settings, `disabled`, `[[detectors.allow]]` and one table per detector."""
+    from agent.detectors import DETECTORS
+    from agent.detectors.engine import check_settings, parse_allow
+
+    if not isinstance(table, Mapping):
+        problems.append("detectors: must be a table")
+        return DetectorSettings()
+    values: dict[str, Any] = {}
+    tuning: dict[str, Mapping[str, Any]] = {}
+    for key, value in table.items():
+        check = _DETECTOR_KEYS.get(key)
+        if check is not None:
+            if (problem := check(value)) is not None:
+                problems.append(f"detectors.{key}: {problem}")
+            else:
+                values[key] = value
+        elif key == "disabled":
+            if (problem := _names(tuple(DETECTORS))(value)) is not None:
+                problems.append(f"detectors.disabled: {problem}")
+            else:
+                values["disabled"] = tuple(value)
+        elif key == "allow":
+            _, found = parse_allow(value if isinstance(value, list) else [value])
+            problems += found
+            values["allow"] = tuple(value) if isinstance(value, list) and not found else ()
+        else:
+            tuning[key] = value
+    problems += check_settings(tuning)
+    return DetectorSettings(**values, tuning=tuning)
 
 
 def load(path: str | Path | None) -> AgentConfig:

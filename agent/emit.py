@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from typing import Any, TextIO
 
-from agent.records import FlowRecord, ProtoHint
+from agent.records import Finding, FlowRecord, ProtoHint
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -67,7 +67,8 @@ class FlowTally:
         self.largest.sort(key=lambda r: r.a_bytes + r.b_bytes, reverse=True)
         del self.largest[self._top:]
 
-    def report(self, summary: dict[str, Any], devices: list[dict[str, Any]] | None = None) -> str:
+    def report(self, summary: dict[str, Any], devices: list[dict[str, Any]] | None = None,
+               findings: list[Finding] | None = None) -> str:
         self._trim()
         lines = [
             f"replayed {len(summary['captures'])} capture(s): {summary['frames']} frames in "
@@ -88,6 +89,8 @@ class FlowTally:
                 f"[{r.end}]"
             )
         lines.extend(_device_lines(devices or [], self._top))
+        if findings is not None:
+            lines.extend(_finding_lines(findings, self._top))
         for error in summary["capture_errors"]:
             lines.append(f"  capture error: {error}")
         return "\n".join(lines) + "\n"
@@ -105,6 +108,20 @@ def _device_lines(devices: list[dict[str, Any]], top: int) -> list[str]:
         risks = "; ".join(str(r["id"]) for r in d["risks"]) or "no risk seen"
         lines.append(f"    {d['mac']} {ips} {label} [{d['role']} {d['role_confidence']:.2f}] "
                      f"risk {d['risk_score']}: {risks}")
+    return lines
+
+
+_SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
+
+
+def _finding_lines(findings: list[Finding], top: int) -> list[str]:
+    """Findings by kind, then the most severe few in one sentence each."""
+    if not findings:
+        return ["  findings: none"]
+    kinds = Counter(f.kind for f in findings)
+    lines = [f"  findings: {len(findings)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})"]
+    for f in sorted(findings, key=lambda f: (_SEVERITY_ORDER.get(f.severity, 5), f.ts))[:top]:
+        lines.append(f"    [{f.severity}] {f.summary}")
     return lines
 
 

@@ -11,6 +11,7 @@ import structlog
 
 from agent.capture import CaptureError, KernelStats, open_offline
 from agent.config import AgentConfig
+from agent.detect import Detection
 from agent.flows import FlowTable
 from agent.inventory import Inventory
 from agent.records import Counters, FlowRecord, ProtoHint
@@ -87,17 +88,22 @@ def build_inventory(settings: AgentConfig, totals: RunTotals) -> Inventory:
 
 def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRecord], None],
            fast_path: bool = True, on_hint: Callable[[ProtoHint], None] | None = None,
-           inventory: Inventory | None = None, totals: RunTotals | None = None) -> RunTotals:
+           inventory: Inventory | None = None, totals: RunTotals | None = None,
+           detection: Detection | None = None) -> RunTotals:
     """Run the pipeline over capture files in order, as one stream of packets; never raises on traffic.
 
-    With an inventory, every flow and hint also goes to it (hints are read for it even when
-    `on_hint` is None). Pass `totals` to share its counters with stages built beforehand.
+    With an inventory, every flow and hint also goes to it, and then to the detection (hints are
+    read for them even when `on_hint` is None); the detection also gets packet-time ticks and is
+    finished after the last flow. Pass `totals` to share its counters with stages built beforehand.
     """
     totals = totals or RunTotals()
     started = time.perf_counter()
-    if inventory is not None:
+    if inventory is not None:  # first, so the detectors' context already knows the devices
         on_flow = _both(inventory.on_flow, on_flow)
         on_hint = inventory.on_hint if on_hint is None else _both(inventory.on_hint, on_hint)
+    if detection is not None:
+        on_flow = _both(on_flow, detection.flow)
+        on_hint = detection.hint if on_hint is None else _both(on_hint, detection.hint)
 
     def emit(record: FlowRecord) -> None:
         totals.count_flow(record)
@@ -105,6 +111,8 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
 
     table = FlowTable(config.flows, emit, totals.counters, fast_path=fast_path, on_hint=on_hint,
                       hints=config.hints)
+    if detection is not None:
+        table.on_second = detection.second
     for path in paths:
         totals.captures.append(path)
         try:
@@ -122,6 +130,8 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
             totals.capture_errors.append(str(exc))
             log.error("capture_failed", capture=path, error=str(exc))
     table.flush()
+    if detection is not None:
+        detection.finish()
     totals.peak_live_flows = table.peak_live
     totals.seconds = time.perf_counter() - started
     return totals

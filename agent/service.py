@@ -12,26 +12,31 @@ publisher given a few seconds to drain, and systemd told STOPPING.
 from __future__ import annotations
 
 import dataclasses
+import encodings.idna  # noqa: F401  socket imports it lazily, which may fail once privileges are dropped
 import os
+import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from agent import __version__, privileges
-from agent.capture import CaptureError, KernelStats, LiveSettings, open_live
+from agent.capture import Capture, CaptureError, KernelStats, LiveSettings, open_live
 from agent.config import EX_CONFIG, AgentConfig
+from agent.detect import Detection
 from agent.flows import FlowTable
 from agent.health import HealthMonitor
 from agent.inventory import Inventory
 from agent.pipeline import RunTotals, build_inventory
 from agent.publisher import Publisher, PublisherSettings
-from agent.records import Counters, FlowRecord, ProtoHint
+from agent.records import Counters, Finding, FlowRecord, ProtoHint
+from agent.remote_config import RemoteConfig, load_start
 from agent.sdnotify import Notifier, Watchdog
+from agent.service_config import drain, remote_config
 from agent.spool import Spool
 from agent.uplink import SensorKeys, Uplink, next_boot
 
@@ -41,11 +46,21 @@ EX_UNAVAILABLE, EX_NOPERM = 69, 77
 
 @dataclass(slots=True)
 class Outbound:
-    """The uplink's three parts, present only when [uplink] is enabled."""
+    """The uplink's parts, present only when [uplink] is enabled; `inbox` holds pushed configurations."""
 
     uplink: Uplink
     spool: Spool
     publisher: Publisher
+    boot: int
+    inbox: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
+    remote: RemoteConfig | None = None
+
+    def restart_publisher(self, settings: AgentConfig) -> None:
+        """A new broker address or TLS files: a new publisher on the same spool."""
+        self.publisher.stop(timeout=2.0)
+        self.publisher = _publisher(settings, self.spool, self.boot, self.inbox)
+        self.uplink.notify = self.publisher.notify
+        self.publisher.start()
 
     def drain(self, timeout: float) -> bool:
         """Flush and wait (wall time) until the spool is empty; False if it is not within `timeout`."""
@@ -72,12 +87,19 @@ def open_outbound(settings: AgentConfig, counters: Counters) -> Outbound:
     boot = next_boot(state)
     keys = SensorKeys.load(up.keys_dir)
     spool = Spool(state / "spool", up.spool_max_mb << 20, up.fsync_interval)
-    publisher = Publisher(PublisherSettings(
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    publisher = _publisher(settings, spool, boot, inbox)
+    uplink = Uplink(up, keys, spool, boot, counters, notify=publisher.notify)
+    return Outbound(uplink, spool, publisher, boot, inbox)
+
+
+def _publisher(settings: AgentConfig, spool: Spool, boot: int, inbox: queue.SimpleQueue[bytes]) -> Publisher:
+    up = settings.uplink
+    return Publisher(PublisherSettings(
         host=up.broker_host, port=up.broker_port, site=up.site, sensor=up.sensor_id,
         ca_file=Path(up.ca_file), cert_file=Path(up.cert_file), key_file=Path(up.key_file), boot=boot,
-        version=__version__, capabilities=("flows", "devices", "findings", "health")), spool)
-    uplink = Uplink(up, keys, spool, boot, counters, notify=publisher.notify)
-    return Outbound(uplink, spool, publisher)
+        version=__version__, capabilities=("flows", "devices", "findings", "health", "config")), spool,
+        on_config=inbox.put)
 
 
 class Service:
@@ -93,6 +115,12 @@ class Service:
         self.table = FlowTable(settings.flows, self._on_flow, self.totals.counters, on_hint=self._on_hint,
                                hints=settings.hints)
         self.health: HealthMonitor | None = None
+        counters = self.totals.counters
+        self.detection = (Detection(settings.detectors, self.inventory, counters, self._on_finding,
+                                    device_deltas=False) if settings.detectors.enabled else None)
+        if self.detection is not None:
+            self.table.on_second = self.detection.second
+        self.capture: Capture | None = None
         self.frames_since = 0
 
     def _on_flow(self, record: FlowRecord) -> None:
@@ -101,10 +129,19 @@ class Service:
             self.inventory.on_flow(record)
         if self.outbound is not None:
             self.outbound.uplink.flow(record)
+        if self.detection is not None:
+            self.detection.flow(record)
 
     def _on_hint(self, hint: ProtoHint) -> None:
         if self.inventory is not None:
             self.inventory.on_hint(hint)
+        if self.detection is not None:
+            self.detection.hint(hint)
+
+    def _on_finding(self, finding: Finding) -> None:
+        log.warning("finding", kind=finding.kind, severity=finding.severity, summary=finding.summary)
+        if self.outbound is not None:
+            self.outbound.uplink.finding(finding)
 
     def start_health(self) -> None:
         """Health samples of this run (after the privilege drop: it reads the state directory)."""
@@ -117,9 +154,14 @@ class Service:
 
     def every_second(self, now: float, kernel: KernelStats) -> None:
         self.table.advance(now)
-        if self.outbound is not None and self.inventory is not None:
-            inventory = self.inventory
-            self.outbound.uplink.devices(inventory.delta(now), inventory.devices, now)
+        if self.outbound is not None and self.outbound.remote is not None:
+            self.outbound.remote.tick(now, bool(self.outbound.publisher.stats().get("connected")))
+        if self.inventory is not None and int(now) % 10 == 0:  # device deltas every ten seconds
+            changed = self.inventory.delta(now)
+            if self.outbound is not None:
+                self.outbound.uplink.devices(changed, self.inventory.devices, now)
+            if self.detection is not None:
+                self.detection.devices(changed)
         if self.health is None:
             return
         self.health.observe(kernel, self.frames_since)
@@ -129,10 +171,8 @@ class Service:
             log.info("health", packets=record.get("packets"), kernel=record.get("kernel"))
             if self.outbound is not None:
                 self.outbound.uplink.health(record)
-                for finding in findings:
-                    self.outbound.uplink.finding(finding)
             for finding in findings:
-                log.warning("finding", kind=finding.kind, summary=finding.summary)
+                self._on_finding(finding)
 
     def status(self) -> str:
         values = self.totals.counters.values
@@ -140,9 +180,18 @@ class Service:
                 f"{len(self.inventory) if self.inventory is not None else 0} devices")
 
 
-def run(settings: AgentConfig, stop: threading.Event | None = None) -> int:
-    """The service loop; returns an exit status (78 bad config, 69 capture unavailable, 77 no drop)."""
+def run(settings: AgentConfig, config_path: str | None = None, stop: threading.Event | None = None) -> int:
+    """The service loop; returns an exit status (78 bad config, 69 capture unavailable, 77 no drop).
+
+    With an uplink, a configuration pushed earlier (state_dir/agent.toml) wins over `config_path` when
+    it is newer (agent/remote_config.py)."""
     stop = stop or threading.Event()
+    version = 0
+    if settings.uplink.enabled:
+        start = load_start(config_path, settings.uplink.state_dir)
+        settings, version = start.config, start.version
+        for note in start.notes:
+            log.info("config_start", note=note)
     if not settings.capture.interface:
         log.error("no_interface", hint="set capture.interface to the mirror-port interface")
         return EX_CONFIG
@@ -162,9 +211,11 @@ def run(settings: AgentConfig, stop: threading.Event | None = None) -> int:
         capture.close()
         return EX_NOPERM
     service = Service(settings, stop)
+    service.capture = capture
     try:
         if settings.uplink.enabled:
             service.outbound = open_outbound(settings, service.totals.counters)
+            service.outbound.remote = remote_config(service, service.outbound, version)
     except (OSError, ValueError) as exc:
         log.error("uplink_unavailable", error=str(exc))
         capture.close()
@@ -187,6 +238,8 @@ def _loop(service: Service, capture: Any) -> int:
             if meta:
                 service.table.ingest(packets, meta)
                 service.frames_since += len(meta) // 16
+            if service.outbound is not None:
+                drain(service.outbound.remote, service.outbound.inbox)
             now = time.time()
             if now - last_second >= 1.0:
                 last_second = now
@@ -195,6 +248,8 @@ def _loop(service: Service, capture: Any) -> int:
             watchdog.beat(True)
     finally:
         service.table.flush()
+        if service.detection is not None:
+            service.detection.finish()
         if service.outbound is not None:
             if service.inventory is not None:
                 service.outbound.uplink.devices(service.inventory.delta(time.time()),

@@ -8,7 +8,7 @@ export TZ=UTC LC_ALL=C.UTF-8 PYTHONHASHSEED=0
 "$BIN/ruff" check agent tests scripts
 "$BIN/mypy" --strict agent
 set +e
-"$BIN/pytest" -q -p no:cacheprovider "$@"
+"$BIN/pytest" -q -p no:cacheprovider --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -1,10 +1,15 @@
 """`ward-agent central collect` and `central sensors`: run the collector, list what it knows.
 
-collect --config FILE   subscribe to the broker, verify, decrypt, de-duplicate and store every sensor
-                        message into SQLite until SIGTERM/SIGINT; counters are logged every
+collect --config FILE [--db TARGET]
+                        subscribe to the broker, verify, decrypt, de-duplicate and store every sensor
+                        message until SIGTERM/SIGINT; counters are logged every
                         collector.stats_interval seconds. Configuration: firmware-config/collector.toml
                         (relative paths are relative to the file); every problem is listed, exit 78.
-sensors (--config FILE | --db FILE) [--json]
+                        TARGET (or collector.db): a SQLite file, or postgresql://user@host/db for
+                        PostgreSQL (needs psycopg, the [postgresql] extra); --db wins over the file.
+                        Several collectors with the same broker.share_group, each with its own
+                        certificate, split the load and may share one PostgreSQL database.
+sensors (--config FILE | --db TARGET) [--json]
                         one line per sensor: site, online, last seen, last boot/seq, messages, flows,
                         duplicates, refused messages, key fingerprint.
 
@@ -33,6 +38,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent import crypto, logsetup, messages
+from agent.central import db as dbapi
 from agent.central.ingest import Ingest, Sensor
 from agent.central.mqtt_in import BrokerSettings, Subscriber
 from agent.central.store import SYNCHRONOUS, Store
@@ -50,7 +56,7 @@ _COLLECTOR_KEYS: Final = {"keys", "db", "synchronous", "sensor_keys", "sensor_si
 class CollectorConfig:
     broker: BrokerSettings
     collector_key: X25519PrivateKey
-    db: Path
+    db: Path | str  # a SQLite file or a postgresql:// URL
     sensors: dict[str, Sensor] = field(default_factory=dict)
     synchronous: str = "normal"
     log_level: str = "info"
@@ -65,18 +71,27 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     collect = commands.add_parser("collect", help="subscribe and store until stopped")
     collect.add_argument("--config", dest="collector_config", required=True, type=Path, metavar="FILE",
                          help="collector TOML (firmware-config/collector.toml)")
+    collect.add_argument("--db", metavar="TARGET", help="SQLite file or postgresql:// URL (overrides "
+                         "collector.db)")
     collect.set_defaults(handler=run_collect)
     sensors = commands.add_parser("sensors", help="list the sensors and what arrived from them")
     where = sensors.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", dest="collector_config", type=Path, metavar="FILE", help="collector TOML")
-    where.add_argument("--db", type=Path, metavar="FILE", help="the collector's SQLite file")
+    where.add_argument("--db", metavar="TARGET", help="the collector's SQLite file or postgresql:// URL")
     sensors.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     sensors.set_defaults(handler=run_sensors)
+    from agent.central.advisories_cli import add_advisory_commands  # they import this module
+    from agent.central.config_cli import add_config_commands
+    from agent.central.report_cli import add_report_command
+
+    add_advisory_commands(commands)
+    add_config_commands(commands)
+    add_report_command(commands)
 
 
 def run_collect(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.collector_config)
+        cfg = load_config(args.collector_config, db=getattr(args, "db", None))
     except ConfigError as exc:
         print(f"ward-agent central: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -88,7 +103,7 @@ def run_collect(args: argparse.Namespace) -> int:
         store = Store(cfg.db, cfg.synchronous)
         ingest = Ingest(store, cfg.collector_key, cfg.sensors)
     except (sqlite3.Error, OSError, ValueError) as exc:
-        print(f"ward-agent central: cannot open the database {cfg.db}: {exc}", file=sys.stderr)
+        print(f"ward-agent central: cannot open the database {dbapi.redact(cfg.db)}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,8 +112,8 @@ def run_collect(args: argparse.Namespace) -> int:
     subscriber = Subscriber(cfg.broker, ingest.handle,
                             on_subscribed=lambda: log.info("collector_subscribed", topics=topics))
     thread = threading.Thread(target=subscriber.run, args=(stop,), name="collector", daemon=True)
-    log.info("collector_started", broker=f"{cfg.broker.host}:{cfg.broker.port}", db=str(cfg.db),
-             sensors=len(cfg.sensors))
+    log.info("collector_started", broker=f"{cfg.broker.host}:{cfg.broker.port}", db=dbapi.redact(cfg.db),
+             backend=store.backend, share_group=cfg.broker.share_group, sensors=len(cfg.sensors))
     thread.start()
     while not stop.wait(cfg.stats_interval):
         log.info("collector_stats", **_stats(ingest, subscriber))
@@ -117,7 +132,7 @@ def run_sensors(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"ward-agent central: {exc}", file=sys.stderr)
             return EX_CONFIG
-    if not Path(db).is_file():
+    if not dbapi.is_url(db) and not Path(db).is_file():
         print(f"ward-agent central: no database at {db}", file=sys.stderr)
         return EX_NOINPUT
     try:
@@ -125,7 +140,7 @@ def run_sensors(args: argparse.Namespace) -> int:
         rows = store.sensors()
         store.close()
     except (sqlite3.Error, OSError, ValueError) as exc:
-        print(f"ward-agent central: cannot read {db}: {exc}", file=sys.stderr)
+        print(f"ward-agent central: cannot read {dbapi.redact(db)}: {exc}", file=sys.stderr)
         return EX_CANTCREAT
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "status"} for r in rows], indent=1))
@@ -144,8 +159,9 @@ def run_sensors(args: argparse.Namespace) -> int:
 
 # ---- configuration --------------------------------------------------------------------------------
 
-def load_config(path: str | Path) -> CollectorConfig:
-    """Read and validate the collector's TOML; ConfigError listing every problem."""
+def load_config(path: str | Path, db: str | None = None) -> CollectorConfig:
+    """Read and validate the collector's TOML; ConfigError listing every problem. `db` (a SQLite path
+    or a postgresql:// URL) replaces collector.db."""
     document, base = _read(Path(path))
     problems: list[str] = []
     problems += [f"{name}: unknown section" for name in document if name not in _SECTIONS]
@@ -161,19 +177,19 @@ def load_config(path: str | Path) -> CollectorConfig:
     share = get.text(broker, "broker.share_group", "", level=True)
     client_id = get.text(broker, "broker.client_id", "collector", level=True)
     collector_key = _collector_key(get.path(collector, "collector.keys"), problems)
-    db = get.path(collector, "collector.db")
-    if db is not None and not db.parent.is_dir():
-        problems.append(f"collector.db: folder {db.parent} does not exist")
+    if db is not None:  # from the command line: a relative path is relative to the working folder
+        collector = {**collector, "db": db if dbapi.is_url(db) else str(Path(db).resolve())}
+    target = _db_target(collector, get, problems)
     synchronous = get.text(collector, "collector.synchronous", "normal", choices=SYNCHRONOUS)
     level = get.text(collector, "collector.log_level", "info", choices=LOG_LEVELS)
     interval = get.number(collector, "collector.stats_interval", 60, 1, 86400, integer=False)
     sensors = _sensors(document, collector, get, problems)
     if problems:
         raise ConfigError(problems)
-    assert host and ca and cert and key and db and collector_key is not None  # else a problem was listed
+    assert host and ca and cert and key and target and collector_key is not None  # else a problem was listed
     settings = BrokerSettings(host, int(port), ca, cert, key, client_id or "collector", int(keepalive),
                               int(expiry), share_group=share or "")
-    return CollectorConfig(settings, collector_key, db, sensors, synchronous or "normal", level or "info",
+    return CollectorConfig(settings, collector_key, target, sensors, synchronous or "normal", level or "info",
                            float(interval))
 
 
@@ -186,12 +202,23 @@ def _read(path: Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
 
-def _db_of(path: Path) -> Path:
+def _db_of(path: Path) -> Path | str:
     document, base = _read(path)
     collector = document.get("collector")
     if not isinstance(collector, dict) or not isinstance(collector.get("db"), str):
         raise ConfigError(["collector.db: missing"])
-    return base / str(collector["db"])
+    return collector["db"] if dbapi.is_url(collector["db"]) else base / str(collector["db"])
+
+
+def _db_target(collector: dict[str, Any], get: _Getter, problems: list[str]) -> Path | str | None:
+    """collector.db: a postgresql:// URL as it is, else a file path whose folder must exist."""
+    value = collector.get("db")
+    if isinstance(value, str) and dbapi.is_url(value):
+        return value
+    path = get.path(collector, "collector.db")
+    if path is not None and not path.parent.is_dir():
+        problems.append(f"collector.db: folder {path.parent} does not exist")
+    return path
 
 
 def _table(document: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:

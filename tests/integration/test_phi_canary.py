@@ -148,10 +148,13 @@ def test_real_software_captures_leak_no_canary_anywhere(capture: str, tmp_path: 
 def test_logs_of_malformed_clinical_payloads_hold_no_canary(capsys: pytest.CaptureFixture[str]) -> None:
     """Garbage after an MLLP start and a hinter failure are counted, and the log lines carry no payload."""
     logsetup.configure("debug")
-    message = _hl7()
-    broken = b"\x0bMSX|" + message[5:]
-    output = _pipeline_output([broken, message], 2575)
-    structlog.get_logger("test").info("done")
+    try:
+        message = _hl7()
+        broken = b"\x0bMSX|" + message[5:]
+        output = _pipeline_output([broken, message], 2575)
+        structlog.get_logger("test").info("done")
+    finally:
+        structlog.reset_defaults()  # the captured stream closes after this test
     captured = capsys.readouterr()
     assert _hits(output + captured.out + captured.err) == []
     assert AgentConfig().hints.record_user is False

@@ -30,6 +30,8 @@ def test_sample_documents_every_field() -> None:
     for section in dataclasses.fields(config.AgentConfig):
         settings_type = section.default_factory  # type: ignore[misc]
         for field in dataclasses.fields(settings_type):
+            if (section.name, field.name) == ("detectors", "tuning"):  # one table per detector, not a key
+                continue
             assert field.name in sample[section.name], f"{section.name}.{field.name} missing from sample"
 
 
