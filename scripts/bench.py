@@ -401,7 +401,11 @@ def ward_cmd(ward_agent: str, capture: Path, emit: str, config: Path | None = No
     return [ward_agent, "replay", str(capture), "--emit", emit, *extra]
 
 
-FLOWS_ONLY_CONFIG: Final = "[hints]\nenabled = false\n\n[inventory]\nenabled = false\n"
+# Variants timed beside the default replay, each with a configuration that switches stages off.
+VARIANTS: Final = {
+    "flows_only": "[hints]\nenabled = false\n[inventory]\nenabled = false\n[detectors]\nenabled = false\n",
+    "no_detectors": "[detectors]\nenabled = false\n",
+}
 
 
 def softflowd_cmd(softflowd: str, capture: Path, pidfile: Path) -> list[str]:
@@ -469,21 +473,23 @@ def baseline_rss(ward_agent: str, capture: Capture, runs: int) -> float:
 
 def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
                tmp: Path) -> tuple[ToolFigures, ToolFigures, dict[str, int]]:
-    """A F B A F B ...: ward-agent, ward-agent with flows only (no hints, no inventory), softflowd."""
+    """A V1 V2 B A V1 V2 B ...: ward-agent, its VARIANTS (stages switched off), softflowd."""
     ward = ToolFigures([], [], capture.packets)
-    flows_only = ToolFigures([], [], capture.packets)
+    variants = {name: ToolFigures([], [], capture.packets) for name in VARIANTS}
     soft = ToolFigures([], [], capture.packets)
-    flows_config = tmp / "flows-only.toml"
-    flows_config.write_text(FLOWS_ONLY_CONFIG)
+    configs = {name: tmp / f"{name}.toml" for name in VARIANTS}
+    for name, path in configs.items():
+        path.write_text(VARIANTS[name])
     pipeline: list[float] = []
     stats: dict[str, int] = {}
     limit = timeout_for(capture)
     for i in range(runs):
         a = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull), limit), "ward-agent replay")
-        f = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull, flows_config), limit),
-                    "ward-agent replay, flows only")
-        flows_only.walls.append(f.wall)
-        flows_only.rss_kib.append(f.maxrss_kib)
+        for name, figures in variants.items():
+            v = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull, configs[name]), limit),
+                        f"ward-agent replay, {name}")
+            figures.walls.append(v.wall)
+            figures.rss_kib.append(v.maxrss_kib)
         b = checked(measure(softflowd_cmd(softflowd, capture.path, tmp / "softflowd.pid"), limit),
                     "softflowd")
         for figures, m in ((ward, a), (soft, b)):
@@ -494,9 +500,11 @@ def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
             pipeline.append(seconds)
         stats = parse_softflowd_stats(b.stdout)
         log(f"  run {i + 1}/{runs}: ward-agent {a.wall:6.2f} s {a.maxrss_kib / 1024:7.1f} MiB   "
-            f"flows only {f.wall:6.2f} s   softflowd {b.wall:6.2f} s {b.maxrss_kib / 1024:7.1f} MiB")
-    ward.extra["flows_only_walls"] = flows_only.walls
-    ward.extra["median_flows_only_s"] = flows_only.median_wall
+            + "".join(f"{name} {fig.walls[-1]:6.2f} s   " for name, fig in variants.items())
+            + f"softflowd {b.wall:6.2f} s {b.maxrss_kib / 1024:7.1f} MiB")
+    for name, figures in variants.items():
+        ward.extra[f"{name}_walls"] = figures.walls
+        ward.extra[f"median_{name}_s"] = figures.median_wall
     if pipeline:
         ward.extra["pipeline_s"] = pipeline
         ward.extra["median_pipeline_s"] = statistics.median(pipeline)
@@ -566,11 +574,15 @@ def capture_table(r: CaptureResult, floor: Floor) -> list[str]:
         rows.append(f"  (ward-agent pipeline only, from its log: {pipe:.3f} s, "
                     f"{r.capture.packets / pipe:,.0f} packets/s)")
     flows_only = r.ward.extra.get("median_flows_only_s")
-    if flows_only:
-        cost = r.ward.median_wall / flows_only - 1
-        rows.append(f"  ward-agent flows only (no hints, no inventory): {flows_only:.3f} s; hints + "
-                    f"inventory cost {cost:+.1%}   target <= +{TARGET_HINT_COST:.0%}  "
-                    f"{verdict(cost <= TARGET_HINT_COST)}")
+    no_detectors = r.ward.extra.get("median_no_detectors_s")
+    if flows_only and no_detectors:
+        hints = no_detectors / flows_only - 1
+        detect = r.ward.median_wall / no_detectors - 1
+        rows.append(f"  flows only {flows_only:.3f} s | + hints, inventory {no_detectors:.3f} s "
+                    f"({hints:+.1%}, "
+                    f"target <= +{TARGET_HINT_COST:.0%} {verdict(hints <= TARGET_HINT_COST)}) | + detectors "
+                    f"{r.ward.median_wall:.3f} s ({detect:+.1%}, target <= +{TARGET_HINT_COST:.0%} "
+                    f"{verdict(detect <= TARGET_HINT_COST)})")
     rows.append(f"  ratio ward-agent/softflowd packets/s: {r.ratio:.2f}x   target >= {TARGET_RATIO}x  "
                 f"{verdict(r.ratio >= TARGET_RATIO)}")
     bpf = r.bytes_per_live_flow
