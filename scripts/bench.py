@@ -26,6 +26,10 @@ What it measures
     Wall time includes process start-up (about 0.1-0.2 s of interpreter and imports for ward-agent);
     the "pipeline only" line is ward-agent's own in-process time, from its `replay_done` log line.
 
+Live mode
+    scripts/bench_live.py replays the ward mix with tcpreplay onto a veth pair at rising rates and
+    finds the highest rate with zero kernel drops, the agent pinned to one core (issue 7).
+
 Reproduce
     bash scripts/setup.sh                        # or: apt-get install softflowd; pip install -e .
     python scripts/bench.py                      # full scale, 5 runs each, a few minutes
