@@ -58,9 +58,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-_PREFIX: Final = struct.Struct("<2sBIQ")  # magic, kind length, payload length, id; then CRC32 (4 bytes)
-_HEAD: Final = _PREFIX.size + 4
-_MAGIC: Final = b"WS"
+from agent.spool_records import HEAD as _HEAD
+from agent.spool_records import decode as _decode
+from agent.spool_records import encode as _encode
+from agent.spool_records import scan as _scan
+
 _ACK: Final = struct.Struct("<QI")  # removed id, CRC32 of its 8 bytes
 _APPEND: Final = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 _NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -111,52 +113,6 @@ class _Segment:
     head: int = 0  # no entry before this position is live
     reader: int | None = None
     acks: int | None = None
-
-
-def _encode(entry_id: int, kind: bytes, payload: bytes) -> bytes:
-    prefix = _PREFIX.pack(_MAGIC, len(kind), len(payload), entry_id)
-    crc = zlib.crc32(payload, zlib.crc32(kind, zlib.crc32(prefix)))
-    return prefix + crc.to_bytes(4, "little") + kind + payload
-
-
-def _decode(data: bytes, off: int, low: int, high: int) -> tuple[int, int] | None:
-    """(id, length) of an intact record at `off` whose id is in [low, high), else None."""
-    if len(data) - off < _HEAD:
-        return None
-    magic, klen, plen, entry_id = _PREFIX.unpack_from(data, off)
-    end = off + _HEAD + klen + plen
-    if magic != _MAGIC or end > len(data) or not low <= entry_id < high:
-        return None
-    crc = zlib.crc32(data[off + _HEAD:end], zlib.crc32(data[off:off + _PREFIX.size]))
-    stored = int.from_bytes(data[off + _PREFIX.size:off + _HEAD], "little")
-    return (entry_id, end - off) if crc == stored else None
-
-
-def _scan(data: bytes, first: int, high: int) -> tuple[list[tuple[int, int, int]], int, bool]:
-    """Intact records (id, offset, length), where the clean part ends, and whether bytes were damaged.
-
-    Invalid bytes followed by an intact record, or that are neither zeros nor a record cut short by
-    the end of the file, are damage; otherwise they are a torn tail from a crash.
-    """
-    records: list[tuple[int, int, int]] = []
-    off, low, damaged = 0, first, False
-    while off < len(data):
-        found = _decode(data, off, low, high)
-        if found:
-            records.append((found[0], off, found[1]))
-            low, off = found[0] + 1, off + found[1]
-            continue
-        nxt = data.find(_MAGIC, off + 1)
-        while nxt != -1 and _decode(data, nxt, low, high) is None:
-            nxt = data.find(_MAGIC, nxt + 1)
-        if nxt == -1:
-            rest = data[off:]
-            magic, klen, plen, _ = _PREFIX.unpack_from(rest.ljust(_HEAD, b"\0"))
-            torn = not rest.strip(b"\0") or len(rest) < _HEAD or (
-                magic == _MAGIC and off + _HEAD + klen + plen > len(data))
-            return records, off, damaged or not torn
-        damaged, off = True, nxt
-    return records, off, damaged
 
 
 def _fsync(fd: int) -> None:
