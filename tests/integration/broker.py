@@ -1,8 +1,9 @@
 """A real mosquitto for integration tests: its own PKI and config in a directory, on a free loopback port.
 
 `Broker.create(directory)` issues a CA, the server certificate and client certificates (`collector`,
-`ward3-a`, `ward3-b` by default), writes the configuration with scripts/broker_conf.py and picks a free
-port; `start()` runs /usr/sbin/mosquitto and returns once it completes TLS handshakes; `stop()` (SIGTERM),
+`ward3-a`, `ward3-b` by default), writes the configuration with scripts/broker_conf.py (the
+dynamic-security plugin knowing those CNs; `acl_file=True` for the plain ACL file) and picks a free port;
+`start()` runs /usr/sbin/mosquitto and returns once it completes TLS handshakes; `stop()` (SIGTERM),
 `kill()` (SIGKILL) and `restart()` (same port, same files). `client(cn)` gives a connected paho client
 (MQTT v5, loop thread running) wrapped in a `Peer` that records its events for assertions.
 `AckingCollector(broker)` plays the collector's side of the end-to-end acknowledgement (agent/acks.py)
@@ -162,7 +163,8 @@ class Broker:
             time.sleep(0.01)
 
     def reload(self, timeout: float = 10.0) -> None:
-        """SIGHUP: mosquitto re-reads its ACL file; returns once its log says so."""
+        """SIGHUP: mosquitto re-reads its ACL file (acl_file=True; the dynamic-security plugin reads its
+        file at start only); returns once its log says so."""
         count = self.log.read_text().count("Reloading config")
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGHUP)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import stat
+from pathlib import Path
 
 import broker_pki
 import pytest
 from broker import (
+    MOSQUITTO,
     SITE,
     Broker,
     mosquitto_fixture,  # noqa: F401  (the `mosquitto` fixture)
@@ -54,19 +57,49 @@ def test_sensor_cannot_write_its_config(mosquitto: Broker) -> None:
 
 
 def test_sensor_cannot_read_other_sensor(mosquitto: Broker) -> None:
-    """ward3-a's subscription to ward3-b's topics delivers nothing, while ward3-b gets its own config.
-
-    mosquitto 2.0's acl_file does not check subscriptions (SUBACK grants QoS 1); it checks `read` per
-    message, on delivery. The dynamic-security plugin would answer SUBACK 0x87 instead.
-    """
+    """ward3-a's subscription to ward3-b's topics gets SUBACK 0x87 (the dynamic-security plugin checks
+    subscriptions) and delivers nothing, while ward3-b gets its own config."""
     spy, owner = mosquitto.client("ward3-a"), mosquitto.client("ward3-b")
     suback = spy.subscribe(f"{B}/#")
     owner.subscribe(f"{B}/config")
     mosquitto.client("collector").publish(f"{B}/config", b"config for b", retain=True)
     owner.publish(f"{B}/up/flows", b"data of b")
     assert owner.wait_messages(f"{B}/config", 1) == [(f"{B}/config", b"config for b", False)]
-    assert [code.value for code in suback] in ([1], [NOT_AUTHORIZED])
+    assert [(code.value, code.getName()) for code in suback] == [(NOT_AUTHORIZED, "Not authorized")]
     assert spy.messages() == []
+
+
+def test_acl_file_grants_foreign_subscription_but_delivers_nothing(tmp_path: Path) -> None:
+    """The --acl-file fallback: mosquitto 2.0's acl_file grants the foreign subscription (SUBACK 0x01) and
+    checks `read` per message instead, so ward3-a still receives nothing of ward3-b's."""
+    if not os.access(MOSQUITTO, os.X_OK):
+        pytest.skip("mosquitto is not installed")
+    broker = Broker.create(tmp_path / "broker", acl_file=True)
+    assert not (broker.directory / "conf" / "dynamic-security.json").exists()
+    broker.start()
+    try:
+        spy, owner = broker.client("ward3-a"), broker.client("ward3-b")
+        suback = spy.subscribe(f"{B}/#")
+        owner.subscribe(f"{B}/config")
+        broker.client("collector").publish(f"{B}/config", b"config for b")
+        assert owner.wait_messages(f"{B}/config", 1) == [(f"{B}/config", b"config for b", False)]
+        assert [code.value for code in suback] == [1]
+        assert spy.messages() == []
+        code = broker.client("ward3-a").publish(f"{B}/up/flows", b"forged")
+        assert code is not None and code.value == NOT_AUTHORIZED
+    finally:
+        broker.close_clients()
+        broker.kill()
+
+
+def test_unknown_certificate_gets_no_rights(mosquitto: Broker) -> None:
+    """A CA-signed certificate issued after the configuration was written (so unknown to the plugin)
+    connects, but may neither publish nor subscribe, even to what would be its own topics."""
+    broker_pki.issue_client(mosquitto.settings.pki, "ward3-c")
+    late = mosquitto.client("ward3-c")
+    code = late.publish(f"ward/{SITE}/ward3-c/up/flows", b"x")
+    assert code is not None and code.value == NOT_AUTHORIZED
+    assert [code.value for code in late.subscribe(f"ward/{SITE}/ward3-c/config")] == [NOT_AUTHORIZED]
 
 
 def test_sensor_cannot_read_other_sensors_acks(mosquitto: Broker) -> None:
@@ -105,6 +138,18 @@ def test_collector_receives_every_sensor(mosquitto: Broker) -> None:
     mosquitto.client("ward3-a").publish(f"{A}/up/flows", b"a")
     mosquitto.client("ward3-b").publish(f"{B}/up/flows", b"b")
     assert sorted(p for _, p, _ in collector.wait_messages("ward/", 2)) == [b"a", b"b"]
+
+
+def test_collector_shared_subscription(mosquitto: Broker) -> None:
+    """The collector may subscribe through a shared group ($share/<group>/...) and gets the data; a sensor's
+    shared subscription to another sensor's topics is refused (0x87)."""
+    collector = mosquitto.client("collector")
+    assert [c.value for c in collector.subscribe("$share/central/ward/+/+/up/#")] == [1]
+    spy = mosquitto.client("ward3-a")
+    assert [c.value for c in spy.subscribe(f"$share/central/{B}/#")] == [NOT_AUTHORIZED]
+    mosquitto.client("ward3-b").publish(f"{B}/up/flows", b"b")
+    assert collector.wait_messages("ward/", 1) == [(f"{B}/up/flows", b"b", False)]
+    assert spy.messages() == []
 
 
 def test_collector_cannot_forge_sensor_data(mosquitto: Broker) -> None:

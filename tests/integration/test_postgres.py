@@ -389,12 +389,8 @@ def cluster(postgres: Postgres, tmp_path: Path) -> Iterator[Cluster]:
     database; collectors left running are killed afterwards."""
     if not os.access(MOSQUITTO, os.X_OK):
         pytest.skip("mosquitto is not installed")
-    broker = Broker.create(tmp_path / "broker", cns=("collector", *COLLECTORS, SENSOR))  # collector: start-up
-    acl = broker.directory / "conf" / "acl"
-    text = acl.read_text()
-    head, rest = text.split("user collector\n", 1)
-    block, tail = rest.split("\n\n", 1)
-    acl.write_text(head + "".join(f"user {cn}\n{block}\n\n" for cn in COLLECTORS) + tail)
+    broker = Broker.create(tmp_path / "broker", cns=("collector", *COLLECTORS, SENSOR),  # collector: start-up
+                           collectors=COLLECTORS)
     broker.start()
     made = Cluster(broker, tmp_path, postgres.create_database())
     try:

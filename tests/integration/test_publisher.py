@@ -374,6 +374,8 @@ def test_refused_entry_resent_after_backoff(mosquitto: Broker, publishers: list[
 def test_refused_entry_delivered_once_allowed(mosquitto: Broker, publishers: list[Publisher],
                                               collectors: list[AckingCollector]) -> None:
     """Entries refused by the ACL go out and leave the spool after the ACL is fixed and reloaded (SIGHUP)."""
+    mosquitto.reconfigure(acl_file=True)  # SIGHUP re-reads an acl_file; the plugin's file is read at start
+    mosquitto.restart()
     acking(collectors, mosquitto)
     acl = mosquitto.directory / "conf" / "acl"
     original = acl.read_text()
