@@ -122,6 +122,7 @@ class Service:
             self.table.on_second = self.detection.second
         self.capture: Capture | None = None
         self.frames_since = 0
+        self.next_devices = 0.0  # wall time of the next device delta
 
     def _on_flow(self, record: FlowRecord) -> None:
         self.totals.count_flow(record)
@@ -156,7 +157,8 @@ class Service:
         self.table.advance(now)
         if self.outbound is not None and self.outbound.remote is not None:
             self.outbound.remote.tick(now, bool(self.outbound.publisher.stats().get("connected")))
-        if self.inventory is not None and int(now) % 10 == 0:  # device deltas every ten seconds
+        if self.inventory is not None and now >= self.next_devices:  # device deltas every ten seconds
+            self.next_devices = now + 10.0
             changed = self.inventory.delta(now)
             if self.outbound is not None:
                 self.outbound.uplink.devices(changed, self.inventory.devices, now)
