@@ -166,7 +166,8 @@ class Publisher:
             self._wake_w.send(b"\0")
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Wait up to timeout/2 for in-flight PUBACKs, go offline, end the thread; False if it hangs."""
+        """Publish what the spool holds and await PUBACKs for up to timeout/2, go offline, end the thread;
+        False if it hangs."""
         self._drain_until = time.monotonic() + timeout / 2
         self._stopping.set()
         self.notify()
@@ -247,15 +248,17 @@ class Publisher:
     def _session(self, client: mqtt.Client) -> None:
         while self._alive:
             now = time.monotonic()
-            if self._stopping.is_set():
-                if not self._inflight or now >= self._drain_until:
-                    client.disconnect(reasoncode=_WITH_WILL)
-                    return
-            else:
-                if self._rewind_at is not None and now >= self._rewind_at:
-                    self._rewind_at, self._rewound_upto, self._cursor = None, self._cursor, 0
-                self._fill(client)
+            if self._stopping.is_set() and (now >= self._drain_until or self._drained()):
+                client.disconnect(reasoncode=_WITH_WILL)
+                return
+            if self._rewind_at is not None and now >= self._rewind_at:
+                self._rewind_at, self._rewound_upto, self._cursor = None, self._cursor, 0
+            self._fill(client)  # stopping too: what the last flush spooled goes out within the drain time
             self._pump(client, 1.0 if self._rewind_at is None else min(1.0, max(0.0, self._rewind_at - now)))
+
+    def _drained(self) -> bool:
+        """Nothing in flight and nothing in the spool past the cursor."""
+        return not self._inflight and not self._spool.peek(1, after=self._cursor)
 
     def _fill(self, client: mqtt.Client) -> None:
         room = self._window - len(self._inflight)

@@ -413,6 +413,20 @@ def test_stop_publishes_offline(mosquitto: Broker, publishers: list[Publisher]) 
     assert statuses == [True, False]
 
 
+def test_stop_publishes_what_was_spooled_just_before(mosquitto: Broker) -> None:
+    """Entries spooled right before stop() (the agent's last flush) still reach the broker."""
+    collector = mosquitto.client("collector")
+    collector.subscribe(UP + "#")
+    spool = MemorySpool()
+    publisher = Publisher(settings(mosquitto, collector_ack=False), spool)  # type: ignore[arg-type]
+    publisher.start()
+    assert until(lambda: publisher.stats()["connected"])
+    payloads = fill(spool, 30)
+    assert publisher.stop(5)
+    assert len(spool) == 0
+    assert [p for _, p, _ in collector.wait_messages(UP + "flows", 30)] == payloads
+
+
 def test_will_published_when_sensor_killed(mosquitto: Broker) -> None:
     """A sensor process killed with SIGKILL leaves a retained offline status behind (the Last Will)."""
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(mosquitto.port), str(mosquitto.directory)],
