@@ -32,6 +32,7 @@ class CaptureSettings:
     timeout_ms: int = 100
     bpf: str = ""
     batch_size: int = 1024
+    reopen_on_push: bool = True  # keep CAP_NET_RAW permitted (not effective) so pushes can reopen the capture
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "timeout_ms": _number(1, 10000, integer=True),
         "bpf": _of_type(str),
         "batch_size": _number(1, 65536, integer=True),
+        "reopen_on_push": _of_type(bool),
     }),
     "flows": (FlowSettings, {
         "idle_timeout": _number(1, 3600),

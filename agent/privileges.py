@@ -1,4 +1,4 @@
-"""Give up privileges once the capture is open: no root, no capabilities, no way back.
+"""Give up privileges once the capture is open: no root, no effective capability, no way back.
 
 Opening an AF_PACKET socket needs CAP_NET_RAW; reading from one that is already open needs nothing.
 So the agent opens its capture first and then calls `drop_privileges`:
@@ -10,6 +10,10 @@ So the agent opens its capture first and then calls `drop_privileges`:
   ambient set is cleared and the effective, permitted and inheritable sets are zeroed with capset(2).
   The bounding set stays as systemd left it (CAP_NET_RAW only): emptying it needs CAP_SETPCAP, and with
   nothing permitted and no_new_privs set it can never be used again.
+  With `keep_net_raw` (capture.reopen_on_push, the default) CAP_NET_RAW stays *permitted* but not
+  effective, so a pushed capture change can reopen the capture: `raised_net_raw()` makes it effective
+  in the calling thread for the open and clears it again. The trade-off is small: the open capture
+  socket could already send on the tap, and a packet socket is all CAP_NET_RAW grants.
 
 In both cases PR_SET_NO_NEW_PRIVS is set, so no later execve (of a set-uid or file-capability binary)
 can gain anything. The drop is then checked against /proc/self/status and a failure raises
@@ -24,6 +28,9 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _PR_CAPBSET_DROP = 24
@@ -31,6 +38,7 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_NET_RAW = 1 << 13
 _CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 _DROPPED = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 
@@ -63,12 +71,18 @@ def _prctl(libc: ctypes.CDLL, option: int, arg2: int = 0, what: str = "prctl") -
     _check(libc.prctl(option, arg2, 0, 0, 0), what)
 
 
-def _clear_capabilities(libc: ctypes.CDLL) -> None:
-    """Empty the ambient, effective, permitted and inheritable sets of this thread."""
-    _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
+def _capset(libc: ctypes.CDLL, effective: int, permitted: int) -> None:
+    """Set this thread's effective and permitted sets (capabilities below 32); inheritable empty."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()  # version 3: two 32-bit words per set, all zero
+    data = (_CapData * 2)()  # version 3: two 32-bit words per set; the upper words stay zero
+    data[0].effective, data[0].permitted = effective, permitted
     _check(libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _clear_capabilities(libc: ctypes.CDLL, keep: int = 0) -> None:
+    """Empty the ambient, effective and inheritable sets of this thread; permitted keeps only `keep`."""
+    _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
+    _capset(libc, 0, keep)
 
 
 def _empty_bounding_set(libc: ctypes.CDLL) -> None:
@@ -91,35 +105,61 @@ def current_capabilities(status: Path = Path("/proc/self/status")) -> dict[str, 
     return caps
 
 
-def drop_privileges(user: str) -> None:
+def drop_privileges(user: str, keep_net_raw: bool = False) -> None:
     """Become `user` if running as root, then hold no capability and set no_new_privs.
 
     Call it after the capture sockets are open, before reading any traffic and before starting any
     thread: capabilities belong to each thread, and capset(2) changes only the caller's (a thread
     started earlier would keep CAP_NET_RAW; that is detected and raised). When not running as
-    root the process keeps its user (systemd already chose it) and `user` is not looked up. Raises
-    KeyError if root is asked to become a user that does not exist, PermissionError if any step fails
-    or the result still holds a capability or can regain root.
+    root the process keeps its user (systemd already chose it) and `user` is not looked up; then
+    `keep_net_raw` keeps CAP_NET_RAW permitted (never effective) if it was. Root always ends with
+    nothing. Raises KeyError if root is asked to become a user that does not exist, PermissionError if
+    any step fails or the result still holds more than that or can regain root.
     """
     libc = _libc()
+    keep = 0
     if os.geteuid() == 0 or os.getuid() == 0:
         entry = pwd.getpwnam(user)
         _empty_bounding_set(libc)
         os.setgroups([])
         os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
         os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
-    _clear_capabilities(libc)
+    elif keep_net_raw:
+        keep = current_capabilities()["CapPrm"] & _CAP_NET_RAW
+    _clear_capabilities(libc, keep)
     _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
-    _verify_dropped()
+    _verify_dropped(keep)
 
 
-def _verify_dropped() -> None:
+def can_raise_net_raw() -> bool:
+    """True if this thread holds CAP_NET_RAW permitted, so `raised_net_raw()` can open a capture."""
+    status = Path(f"/proc/self/task/{threading.get_native_id()}/status")
+    return bool(current_capabilities(status)["CapPrm"] & _CAP_NET_RAW)
+
+
+@contextmanager
+def raised_net_raw() -> Iterator[None]:
+    """CAP_NET_RAW effective in the calling thread for the block, permitted-only again after it.
+
+    PermissionError if it is not permitted (started as root, or capture.reopen_on_push off)."""
+    if not can_raise_net_raw():
+        raise PermissionError("CAP_NET_RAW is not permitted: the agent gave it up after start-up")
+    libc = _libc()
+    _capset(libc, _CAP_NET_RAW, _CAP_NET_RAW)
+    try:
+        yield
+    finally:
+        _capset(libc, 0, _CAP_NET_RAW)
+
+
+def _verify_dropped(kept: int) -> None:
     for status in sorted(Path("/proc/self/task").glob("*/status")):
         try:
             caps = current_capabilities(status)
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        left = {name: f"{value:#x}" for name, value in caps.items() if name in _DROPPED and value}
+        left = {name: f"{value:#x}" for name, value in caps.items()
+                if name in _DROPPED and value & ~(kept if name == "CapPrm" else 0)}
         if left:
             raise PermissionError(f"thread {status.parent.name} still holds capabilities after the drop: "
                                   f"{left}; drop privileges before starting threads")

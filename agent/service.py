@@ -16,17 +16,17 @@ import encodings.idna  # noqa: F401  socket imports it lazily, which may fail on
 import os
 import queue
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from agent import __version__, privileges
 from agent.capture import Capture, CaptureError, KernelStats, LiveSettings, open_live
-from agent.config import EX_CONFIG, AgentConfig
+from agent.config import EX_CONFIG, AgentConfig, CaptureSettings
 from agent.detect import Detection
 from agent.flows import FlowTable
 from agent.health import HealthMonitor
@@ -41,6 +41,7 @@ from agent.spool import Spool
 from agent.uplink import SensorKeys, Uplink, next_boot
 
 log = structlog.get_logger("agent.service")
+_META = struct.Struct("=IIII")  # next_batch's per-frame (sec, usec, offset, length)
 EX_UNAVAILABLE, EX_NOPERM = 69, 77
 
 
@@ -176,6 +177,44 @@ class Service:
             for finding in findings:
                 self._on_finding(finding)
 
+    def reopen_capture(self, wanted: CaptureSettings) -> None:
+        """Open the capture with `wanted` and swap it in; flows, devices and baselines stay.
+
+        What the old handle holds from before the new one opened is read first, and what it caught
+        after is left to the new one, so no frame is lost or counted twice (but those of the few
+        milliseconds the open takes). ValueError (the old capture keeps running) if CAP_NET_RAW was
+        given up or the new capture cannot be opened."""
+        old = self.capture
+        opened_at = time.time()
+        try:
+            with privileges.raised_net_raw():
+                new = _open_capture(wanted)
+        except (CaptureError, PermissionError) as exc:
+            raise ValueError(f"capture not reopened, the running one is kept: {exc}; "
+                             "restart the service to apply this change") from exc
+        if old is not None:
+            self._read_until(old, opened_at)
+            if self.health is not None:
+                self.health.observe(old.kernel_stats(), 0)
+            old.close()
+        self.capture = new
+        self.table.linktype = new.linktype
+        log.info("capture_reopened", interface=wanted.interface, snaplen=wanted.snaplen)
+
+    def _read_until(self, capture: Capture, cutoff: float) -> None:
+        """Ingest the frames `capture` holds that arrived before `cutoff` (wall time); drop the rest."""
+        cutoff_us = int(cutoff * 1_000_000)
+        while True:
+            packets, meta = capture.next_batch()
+            count = len(meta) // 16
+            keep = next((i for i, (sec, usec, _, _) in enumerate(_META.iter_unpack(meta))
+                         if sec * 1_000_000 + usec >= cutoff_us), count)
+            if keep:
+                self.table.ingest(packets, meta[:keep * 16])
+                self.frames_since += keep
+            if keep < count or not count:
+                return
+
     def status(self) -> str:
         values = self.totals.counters.values
         return (f"{values.get('frames', 0)} frames, {self.totals.flows} flows, {self.table.live} live, "
@@ -197,23 +236,20 @@ def run(settings: AgentConfig, config_path: str | None = None, stop: threading.E
     if not settings.capture.interface:
         log.error("no_interface", hint="set capture.interface to the mirror-port interface")
         return EX_CONFIG
-    capture_settings = settings.capture
     try:
-        capture = open_live(LiveSettings(capture_settings.interface, capture_settings.snaplen,
-                                         capture_settings.promiscuous, capture_settings.buffer_mb << 20,
-                                         capture_settings.timeout_ms, capture_settings.bpf),
-                            capture_settings.batch_size)
+        capture = _open_capture(settings.capture)
     except CaptureError as exc:
         log.error("capture_unavailable", error=str(exc))
         return EX_UNAVAILABLE
     try:
-        privileges.drop_privileges(settings.health.drop_to_user)
+        privileges.drop_privileges(settings.health.drop_to_user, keep_net_raw=settings.capture.reopen_on_push)
     except (KeyError, PermissionError, OSError) as exc:
         log.error("privilege_drop_failed", user=settings.health.drop_to_user, error=str(exc))
         capture.close()
         return EX_NOPERM
     service = Service(settings, stop)
     service.capture = capture
+    service.table.linktype = capture.linktype
     try:
         if settings.uplink.enabled:
             service.outbound = open_outbound(settings, service.totals.counters)
@@ -225,7 +261,13 @@ def run(settings: AgentConfig, config_path: str | None = None, stop: threading.E
     return _loop(service, capture)
 
 
-def _loop(service: Service, capture: Any) -> int:
+def _open_capture(wanted: CaptureSettings) -> Capture:
+    live = LiveSettings(wanted.interface, wanted.snaplen, wanted.promiscuous, wanted.buffer_mb << 20,
+                        wanted.timeout_ms, wanted.bpf)
+    return open_live(live, wanted.batch_size)
+
+
+def _loop(service: Service, capture: Capture) -> int:
     notifier, watchdog = Notifier.from_env(), Watchdog.from_env()
     if service.outbound is not None:
         service.outbound.publisher.start()
@@ -236,6 +278,7 @@ def _loop(service: Service, capture: Any) -> int:
     last_second = 0.0
     try:
         while not service.stop.is_set():
+            capture = service.capture or capture  # a pushed capture change swaps it (reopen_capture)
             packets, meta = capture.next_batch()
             if meta:
                 service.table.ingest(packets, meta)
@@ -257,7 +300,7 @@ def _loop(service: Service, capture: Any) -> int:
                 service.outbound.uplink.devices(service.inventory.delta(time.time()),
                                                 service.inventory.devices, time.time())
             service.outbound.close(drain_seconds=5.0)
-        capture.close()
+        (service.capture or capture).close()
         notifier.stopping(service.status())
         log.info("stopped", status=service.status())
     return 0

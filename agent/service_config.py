@@ -6,8 +6,10 @@ rollback) in the main thread, which calls `apply` here. Everything runs without 
 device or baseline state:
 
 - capture.bpf and capture.batch_size: set on the open capture handle;
-- capture.interface, snaplen, promiscuous, buffer_mb, timeout_ms: refused with "restart needed"
-  (reopening needs CAP_NET_RAW, dropped for good after start-up); the push is rolled back and nacked;
+- capture.interface, snaplen, promiscuous, buffer_mb, timeout_ms: the capture stage alone is
+  reopened (Service.reopen_capture), CAP_NET_RAW raised around the open; if it was given up (started
+  as root, or capture.reopen_on_push = false) or the open fails, the push is nacked and the running
+  capture kept. capture.reopen_on_push itself only changes with a restart;
 - flows and hints: the running table takes new timeouts, bound and head limits (hints switched on
   or off, or timeouts longer than its timer wheel, are refused the same way);
 - inventory: new bounds, networks and role rules; devices kept;
@@ -64,13 +66,14 @@ def drain(remote: RemoteConfig | None, inbox: queue.SimpleQueue[bytes]) -> None:
 def apply(service: Service, old: AgentConfig, new: AgentConfig) -> None:
     """Put `new` into effect on the running service; ValueError for what needs a restart."""
     changed = set(changed_keys(old, new))
-    capture = {key for key in changed if key.startswith("capture.")}
-    if capture - _LIVE_CAPTURE_KEYS:
-        raise ValueError(f"{', '.join(sorted(capture - _LIVE_CAPTURE_KEYS))}: only a restart of the service "
-                         "reopens the capture")
-    if "capture.bpf" in changed and service.capture is not None:
-        service.capture.set_filter(new.capture.bpf)
-    if service.capture is not None:
+    if "capture.reopen_on_push" in changed:
+        raise ValueError("capture.reopen_on_push: only a restart of the service changes what it may keep")
+    reopen = {key for key in changed if key.startswith("capture.")} - _LIVE_CAPTURE_KEYS
+    if reopen and service.capture is not None:
+        service.reopen_capture(new.capture)
+    elif service.capture is not None:
+        if "capture.bpf" in changed:
+            service.capture.set_filter(new.capture.bpf)
         service.capture.batch_size = new.capture.batch_size
     service.table.reconfigure(new.flows, new.hints)
     if service.inventory is not None and any(key.startswith("inventory.") for key in changed):

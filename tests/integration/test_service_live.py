@@ -34,8 +34,8 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-@pytest.fixture
-def tap() -> Iterator[str]:
+@pytest.fixture(name="tap")
+def tap_fixture() -> Iterator[str]:
     """A veth pair: TAP here (up, silent), its peer 10.213.1.1/24 in a namespace of its own."""
     _ip("netns", "add", PEER_NS)
     try:

@@ -28,7 +28,7 @@ _needs_root = pytest.mark.skipif(os.geteuid() != 0,
 
 _SCENARIO = textwrap.dedent("""
     import json, os, socket, sys, threading
-    from agent.privileges import current_capabilities, drop_privileges
+    from agent.privileges import current_capabilities, drop_privileges, raised_net_raw
 
     def packet_socket():
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
@@ -40,7 +40,7 @@ _SCENARIO = textwrap.dedent("""
     if "--thread" in sys.argv:
         threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()
     try:
-        drop_privileges(sys.argv[1])
+        drop_privileges(sys.argv[1], keep_net_raw="--keep" in sys.argv)
     except (PermissionError, KeyError) as exc:
         out["drop_error"] = type(exc).__name__ + ": " + str(exc)
         print(json.dumps(out)); sys.exit(0)
@@ -68,6 +68,19 @@ _SCENARIO = textwrap.dedent("""
         out["regained_root"] = True
     except PermissionError:
         out["regained_root"] = False
+    try:
+        with raised_net_raw():
+            out["raised"] = current_capabilities()
+            packet_socket()
+        out["raised_packet_socket"] = "opened"
+    except PermissionError as exc:
+        out["raised_packet_socket"] = "refused: " + str(exc)
+    out["after_raise"] = current_capabilities()
+    try:
+        packet_socket()
+        out["packet_socket_after_raise"] = "opened"
+    except PermissionError:
+        out["packet_socket_after_raise"] = "denied"
     print(json.dumps(out))
 """)
 
@@ -129,6 +142,38 @@ def test_ambient_net_raw_user_ends_with_no_capabilities() -> None:
     assert out["uid"] == [NOBODY.pw_uid] * 3
     assert out["captured_after_drop"] is True
     assert out["new_packet_socket"] == "denied"
+
+
+def test_ambient_drop_keeping_net_raw_leaves_it_permitted_only() -> None:
+    """keep_net_raw: CAP_NET_RAW stays permitted, nothing is effective, no new packet socket opens."""
+    out = _run(_as_nobody_with_net_raw(), "ward-agent", "--keep")
+    assert out["after"]["CapPrm"] == CAP_NET_RAW
+    assert (out["after"]["CapEff"], out["after"]["CapInh"], out["after"]["CapAmb"]) == (0, 0, 0)
+    assert out["new_packet_socket"] == "denied"
+    assert out["regained_root"] is False
+
+
+def test_raised_net_raw_opens_a_capture_then_clears_it_again() -> None:
+    """raised_net_raw() makes CAP_NET_RAW effective for its block only: one socket opens, later ones not."""
+    out = _run(_as_nobody_with_net_raw(), "ward-agent", "--keep")
+    assert out["raised"]["CapEff"] == CAP_NET_RAW
+    assert out["raised_packet_socket"] == "opened"
+    assert out["after_raise"]["CapEff"] == 0 and out["after_raise"]["CapPrm"] == CAP_NET_RAW
+    assert out["packet_socket_after_raise"] == "denied"
+
+
+def test_without_keep_net_raw_cannot_be_raised() -> None:
+    """Dropped without keep_net_raw, raised_net_raw() refuses with PermissionError."""
+    out = _run(_as_nobody_with_net_raw(), "ward-agent")
+    assert out["raised_packet_socket"].startswith("refused: CAP_NET_RAW is not permitted")
+
+
+@_needs_root
+def test_root_keeps_nothing_even_when_asked_to_keep_net_raw() -> None:
+    """Started as root, keep_net_raw is ignored: every set is empty and nothing can be raised."""
+    out = _run([], "nobody", "--keep")
+    assert out["after"] == {"CapEff": 0, "CapPrm": 0, "CapInh": 0, "CapAmb": 0, "CapBnd": 0}
+    assert out["raised_packet_socket"].startswith("refused")
 
 
 def test_ambient_drop_with_a_thread_already_running_is_refused() -> None:
