@@ -46,6 +46,7 @@ SKIP_REASONS: Final = (
     "bad_ipv6_header",
     "bad_ip_version",
     "truncated_l4",
+    "bad_tcp_header",
     "malformed",
 )
 
@@ -308,11 +309,18 @@ def _transport(frame: bytes, at: int, proto: int, outer: _Outer, depth: int) -> 
     if proto == 51 and len(src) == 4 and len(frame) >= at + 2:  # IPv4 AH: what it protects follows
         return _transport(frame, at + (frame[at + 1] + 2) * 4, frame[at], outer, depth)
     if proto == 6 or proto == 17:
-        if len(frame) < at + (14 if proto == 6 else 8):
+        if len(frame) < at + (20 if proto == 6 else 8):
             return "truncated_l4"
         sport, dport = frame[at:at + 2], frame[at + 2:at + 4]
         key = src + dst + sport + dport + tags
         if proto == 6:
+            # Like tshark, a segment counts only with its whole header (options included) captured: a
+            # short snaplen that cuts the options leaves the packet unaccounted in both, by reason.
+            size = frame[at + 12] >> 2 & 0x3C
+            if size < 20:
+                return "bad_tcp_header"
+            if len(frame) < at + size:
+                return "truncated_l4"
             return (TCP, key, total, frame[at + 13], macs, None, frame[at:])
         port = tunnels.tunnel_port(sport, dport)
         if port is None:

@@ -132,6 +132,9 @@ class FlowTable(Expiry):
                         and (d[16] or d[17] > 33)):
                     p = d[23]
                     if p == 6:
+                        if not 20 <= d[46] >> 2 & 60 <= cl - 34:  # a bad or cut header: decode counts it
+                            slow(pk[off:off + cl], t)
+                            continue
                         k = d[26:38]
                         f = d[47]
                         j = tcp_get(k)
@@ -172,6 +175,9 @@ class FlowTable(Expiry):
                       and d[18] == 69 and not (d[24] & 63 or d[25]) and (d[20] or d[21] > 33)):
                     p = d[27]
                     if p == 6:
+                        if not 20 <= d[50] >> 2 & 60 <= cl - 38:
+                            slow(pk[off:off + cl], t)
+                            continue
                         k = d[30:42] + d[14:16]
                         f = d[51]
                         j = tcp_get(k)

@@ -65,3 +65,38 @@ def test_pcapng_agrees_with_tshark(tmp_path: Path) -> None:
     capture = tmp_path / "sample.pcapng"
     wardgen.write_pcapng(capture, 1, wardgen.sample())
     _assert_agrees(capture)
+
+
+def _handshake_with_options() -> list[bytes]:
+    """TCP conversations whose headers carry options (40-byte SYNs, 32-byte data segments), as Linux
+    sends them: IPv4 untagged, IPv4 in a VLAN and IPv6; plus a segment with a bogus data offset."""
+    syn_options, ts_options = bytes([2, 4, 5, 180, 4, 2, 8, 10]) + bytes(12), bytes([1, 1, 8, 10]) + bytes(8)
+    a, b = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+    frames = []
+    for src, dst, vlans in (("10.1.0.1", "10.1.0.2", ()), ("10.1.0.1", "10.1.0.2", (30,)),
+                            ("fd00::1", "fd00::2", ())):
+        ip = wardgen.ipv6 if ":" in src else wardgen.ipv4
+        etype = wardgen.ETH_IP6 if ":" in src else wardgen.ETH_IP4
+        segments = [(src, dst, 40000, 8080, wardgen.SYN, syn_options, b""),
+                    (dst, src, 8080, 40000, wardgen.SYN | wardgen.ACK, syn_options, b""),
+                    (src, dst, 40000, 8080, wardgen.ACK, ts_options, b""),
+                    (src, dst, 40000, 8080, wardgen.PSH | wardgen.ACK, ts_options, b"GET / HTTP/1.0\r\n\r\n"),
+                    (dst, src, 8080, 40000, wardgen.ACK, b"", b"HTTP/1.0 200 OK\r\n\r\n"),
+                    (src, dst, 40000, 8080, wardgen.FIN | wardgen.ACK, ts_options, b"")]
+        for s, d, sport, dport, flags, options, payload in segments:
+            packet = ip(s, d, 6, wardgen.tcp(sport, dport, 1, 1, flags, payload, options=options))
+            frames.append(wardgen.ether(b if s == src else a, a if s == src else b, etype, packet, vlans))
+    bogus = bytearray(wardgen.ipv4("10.1.0.3", "10.1.0.4", 6, wardgen.tcp(1234, 80, 1, 1, wardgen.ACK)))
+    bogus[20 + 12] = 4 << 4  # data offset 4: a 16-byte header
+    frames.append(wardgen.ether(b, a, wardgen.ETH_IP4, bytes(bogus)))
+    return frames
+
+
+@pytest.mark.parametrize("snaplen", [54, 58, 62, 66, 68, 74, 78, 86, 96, 65535])
+def test_short_snaplen_agrees_with_tshark(tmp_path: Path, snaplen: int) -> None:
+    """Cut TCP options (an old default snaplen of 68 or 96) leave a segment uncounted, as in tshark."""
+    capture = tmp_path / f"snap{snaplen}.pcap"
+    with wardgen.PcapWriter(capture, snaplen=snaplen) as out:
+        for n, frame in enumerate(_handshake_with_options()):
+            out.write(1_700_000_000 + n / 100, frame)
+    _assert_agrees(capture)

@@ -718,6 +718,7 @@ def test_truncated_gtp_u_header_keeps_the_outer_udp_flow() -> None:
 # --- truncation and skip reasons ---------------------------------------------------------------------
 
 _V4_OPTS = _eth(_tcp4(options=bytes(8)))
+_TCP_OPTS = wardgen.ipv4(A4, B4, 6, wardgen.tcp(40000, 443, 1, 1, wardgen.SYN, options=bytes(20)))
 _V6_FRAG = _eth(_ipv6_fragments()[0])
 _V6_HBH = _eth(_tcp6(ext=(_HBH,)))
 
@@ -734,6 +735,7 @@ _TRUNCATIONS: list[tuple[str, Callable[[], bytes], int, str]] = [
     ("ipv6-fragment-header", lambda: _V6_FRAG[:14 + 47], ETH, "truncated_ipv6"),
     ("ipv6-ext-header-length", lambda: _V6_HBH[:14 + 41], ETH, "truncated_ipv6"),
     ("tcp-header", lambda: _eth(_tcp4(), pad=False)[:14 + 20 + 13], ETH, "truncated_l4"),
+    ("tcp-options", lambda: _eth(_TCP_OPTS, pad=False)[:14 + 20 + 39], ETH, "truncated_l4"),
     ("udp-header", lambda: _eth(_udp4(), pad=False)[:14 + 20 + 7], ETH, "truncated_l4"),
     ("icmp-header", lambda: _eth(_icmp4(8), pad=False)[:14 + 20 + 1], ETH, "truncated_l4"),
     ("ipv6-tcp-header", lambda: _tcp6()[:40 + 13], RAW, "truncated_l4"),
@@ -755,6 +757,13 @@ def test_truncated_frames_give_their_skip_reason(make: Callable[[], bytes], link
     """A frame cut short at each layer returns that layer's documented skip reason."""
     assert reason in SKIP_REASONS
     assert decode_frame(make(), linktype) == reason
+
+
+def test_tcp_data_offset_below_five_is_a_bad_header() -> None:
+    """A TCP data offset under 5 (a header shorter than 20 bytes) is skipped as bad_tcp_header."""
+    packet = bytearray(_tcp4())
+    packet[20 + 12] = 4 << 4
+    assert decode_frame(_eth(bytes(packet)), ETH) == "bad_tcp_header"
 
 
 def test_ipv4_ihl_below_five_is_a_bad_header() -> None:
