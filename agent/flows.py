@@ -266,6 +266,8 @@ class FlowTable(Expiry):
             packet = cast(Decoded, result)
             self._counters.add("reassembled")
             self._account(packet[0], packet[1], packet[2], packet[3], packet[4], t)
+            if packet[5] is not None:  # a fragmented tunnel datagram (VXLAN over a 1500 MTU)
+                self._decapsulated(packet[5], t)
         else:
             self._counters.add("ip_fragments.undecodable")
 

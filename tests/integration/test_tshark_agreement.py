@@ -100,3 +100,28 @@ def test_short_snaplen_agrees_with_tshark(tmp_path: Path, snaplen: int) -> None:
         for n, frame in enumerate(_handshake_with_options()):
             out.write(1_700_000_000 + n / 100, frame)
     _assert_agrees(capture)
+
+
+def test_fragmented_vxlan_datagram_agrees_with_tshark(tmp_path: Path) -> None:
+    """A VXLAN datagram fragmented on the underlay (a full-size inner frame over a 1500 MTU): once
+    reassembled, its inner TCP segment joins the inner conversation, as tshark counts it."""
+    a, b = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+    inner_tcp = [("192.168.7.1", "192.168.7.2", 40000, 80, wardgen.SYN, b""),
+                 ("192.168.7.2", "192.168.7.1", 80, 40000, wardgen.SYN | wardgen.ACK, b""),
+                 ("192.168.7.2", "192.168.7.1", 80, 40000, wardgen.ACK, bytes(1400))]
+    frames = []
+    for ident, (s, d, sport, dport, flags, payload) in enumerate(inner_tcp, start=1):
+        segment = wardgen.ipv4(s, d, 6, wardgen.tcp(sport, dport, 1, 1, flags, payload))
+        inner = wardgen.ether(b, a, wardgen.ETH_IP4, segment, pad=False)
+        datagram = wardgen.udp(40000, 4789, b"\x08\0\0\0\0\0\x64\0" + inner)
+        cuts = [(0, datagram)] if len(datagram) < 1400 else [(0, datagram[:1400]), (1400, datagram[1400:])]
+        for offset, part in cuts:
+            more = offset == 0 and len(cuts) > 1
+            packet = wardgen.ipv4("10.7.0.1", "10.7.0.2", 17, part, ident=ident, df=False, frag_offset=offset,
+                                  more_fragments=more)
+            frames.append(wardgen.ether(b, a, wardgen.ETH_IP4, packet))
+    capture = tmp_path / "vxlan-fragments.pcap"
+    with wardgen.PcapWriter(capture) as out:
+        for n, frame in enumerate(frames):
+            out.write(1_700_000_000 + n / 100, frame)
+    _assert_agrees(capture)
