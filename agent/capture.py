@@ -4,6 +4,13 @@
 one 16-byte native-endian record `(sec, usec, offset, caplen)` per frame. An empty `meta` means the
 end of a file, or a read timeout on a live interface. Wire lengths are not available this way, so
 byte counts downstream come from the IP headers.
+
+Several cores (capture.workers > 1): `open_live(..., fanout_group=g)` joins the socket to the
+PACKET_FANOUT group `g` in hash mode, so the kernel hands every frame to exactly one member and all
+frames of a flow, both directions (the hash is symmetric), to the same one. Such a member starts
+closed, with a filter that takes nothing: a socket receives every frame until it joins, so frames
+from before all members had joined would otherwise be seen twice. `set_filter` (even with "")
+opens it once every member has joined.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import pcapy
 from agent.decode import SUPPORTED_LINKTYPES
 
 U32: Final = 1 << 32
+_CLOSED: Final = "less 1"  # no frame is that short: a fanout member's filter until set_filter opens it
 
 
 class CaptureError(Exception):
@@ -161,8 +169,12 @@ def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
     return Capture(reader, path, live=False, batch_size=batch_size, bpf=bpf)
 
 
-def open_live(settings: LiveSettings, batch_size: int = 1024) -> Capture:
-    """Open an interface for passive capture; nothing is ever sent on it."""
+def open_live(settings: LiveSettings, batch_size: int = 1024, fanout_group: int | None = None) -> Capture:
+    """Open an interface for passive capture; nothing is ever sent on it.
+
+    With `fanout_group` the capture joins that PACKET_FANOUT group in hash mode and starts closed
+    (module docstring): `set_filter(settings.bpf)` opens it. CaptureError if the group cannot be
+    joined (no such kernel support, or the id is taken with another mode or interface)."""
     try:
         reader = pcapy.create(settings.interface)
         reader.set_snaplen(settings.snaplen)
@@ -170,10 +182,31 @@ def open_live(settings: LiveSettings, batch_size: int = 1024) -> Capture:
         reader.set_timeout(settings.timeout_ms)
         reader.set_buffer_size(settings.buffer_bytes)
         reader.activate()
-        if settings.bpf:
+        if fanout_group is not None:
+            reader.setfilter(_CLOSED)
+        elif settings.bpf:
             reader.setfilter(settings.bpf)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{settings.interface}: {exc}") from exc
+    if fanout_group is not None:
+        try:
+            reader.set_fanout(fanout_group, pcapy.PACKET_FANOUT_HASH)
+        except (pcapy.PcapError, OSError, ValueError) as exc:
+            reader.close()
+            raise CaptureError(f"{settings.interface}: fanout group {fanout_group}: {exc}") from exc
     live = Capture(reader, settings.interface, live=True, batch_size=batch_size)
     live._wait_at_most(settings.timeout_ms)
     return live
+
+
+def fanout_group(pid: int) -> int:
+    """The PACKET_FANOUT group id of the agent running as `pid` (ids are 16 bits, per network namespace)."""
+    return pid & 0xFFFF
+
+
+def check_filter(bpf: str, linktype: int, snaplen: int) -> None:
+    """CaptureError if `bpf` does not compile for `linktype`; needs no capture and no privilege."""
+    try:
+        pcapy.compile(linktype, snaplen, bpf, 1, 0)
+    except pcapy.PcapError as exc:
+        raise CaptureError(f"bad filter {bpf!r}: {exc}") from exc

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import structlog
 
 from agent import __version__, config, keys_cli, learn_cli, logsetup, policy_cli, service
+from agent import outbound as outbound_parts
 from agent.central import cli as central_cli
 from agent.detect import Detection, with_site_files
 from agent.emit import FlowTally, JsonLines
@@ -71,7 +72,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     totals = RunTotals()
     try:
         inventory = build_inventory(settings, totals) if settings.inventory.enabled else None
-        outbound = service.open_outbound(settings, totals.counters) if args.uplink else None
+        outbound = outbound_parts.open_outbound(settings, totals.counters) if args.uplink else None
     except (config.ConfigError, OSError, ValueError) as exc:
         print(f"ward-agent: {exc}", file=sys.stderr)
         return config.EX_CONFIG
@@ -123,7 +124,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     return EX_OK
 
 
-def _deliver(outbound: service.Outbound, devices: list[dict[str, Any]], timeout: float) -> bool:
+def _deliver(outbound: outbound_parts.Outbound, devices: list[dict[str, Any]], timeout: float) -> bool:
     """The replay's devices as one snapshot, then wait until the broker has everything."""
     outbound.uplink.devices([], lambda: devices, 0.0)
     delivered = outbound.drain(timeout)

@@ -33,6 +33,7 @@ class CaptureSettings:
     bpf: str = ""
     batch_size: int = 1024
     reopen_on_push: bool = True  # keep CAP_NET_RAW permitted (not effective) so pushes can reopen the capture
+    workers: int = 1  # capture processes joined by PACKET_FANOUT (hash); 1: one process, as before
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,7 @@ _SCHEMA: Final[dict[str, tuple[type, dict[str, Check]]]] = {
         "bpf": _of_type(str),
         "batch_size": _number(1, 65536, integer=True),
         "reopen_on_push": _of_type(bool),
+        "workers": _number(1, 16, integer=True),
     }),
     "flows": (FlowSettings, {
         "idle_timeout": _number(1, 3600),

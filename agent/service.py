@@ -7,6 +7,12 @@ wall time it moves packet time on over a quiet tap, sends device deltas and the 
 far, takes a health sample when one is due, and pings systemd's watchdog only while capture keeps
 returning. SIGTERM or SIGINT ends it: every live flow is reported (end), the spool flushed, the
 publisher given a few seconds to drain, and systemd told STOPPING.
+
+With capture.workers = N > 1, N captures join one fanout group and are opened before the drop;
+right after it, one worker process per capture is forked (agent/workers.py), still before any
+thread. This process then runs no flow table of its own: it takes the workers' records and counters
+and feeds them to the same inventory, detection and uplink, and pings the watchdog only while every
+worker reports. A worker that dies ends the service with status 70, so systemd restarts it.
 """
 
 from __future__ import annotations
@@ -14,93 +20,31 @@ from __future__ import annotations
 import dataclasses
 import encodings.idna  # noqa: F401  socket imports it lazily, which may fail once privileges are dropped
 import os
-import queue
 import signal
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
 
-from agent import __version__, privileges
-from agent.capture import Capture, CaptureError, KernelStats, LiveSettings, open_live
+from agent import privileges
+from agent.capture import Capture, CaptureError, KernelStats, LiveSettings, fanout_group, open_live
 from agent.config import EX_CONFIG, AgentConfig, CaptureSettings
 from agent.detect import Detection
 from agent.flows import FlowTable
 from agent.health import HealthMonitor
 from agent.inventory import Inventory
+from agent.outbound import Outbound, open_outbound
 from agent.pipeline import RunTotals, build_inventory
-from agent.publisher import Publisher, PublisherSettings
-from agent.records import Counters, Finding, FlowRecord, ProtoHint
-from agent.remote_config import RemoteConfig, load_start
+from agent.records import Finding, FlowRecord, ProtoHint
+from agent.remote_config import load_start
 from agent.sdnotify import Notifier, Watchdog
 from agent.service_config import drain, remote_config
-from agent.spool import Spool
-from agent.uplink import SensorKeys, Uplink, next_boot
+from agent.workers import EX_SOFTWARE, WorkerPool, spawn
 
 log = structlog.get_logger("agent.service")
 _META = struct.Struct("=IIII")  # next_batch's per-frame (sec, usec, offset, length)
 EX_UNAVAILABLE, EX_NOPERM = 69, 77
-
-
-@dataclass(slots=True)
-class Outbound:
-    """The uplink's parts, present only when [uplink] is enabled; `inbox` holds pushed configurations."""
-
-    uplink: Uplink
-    spool: Spool
-    publisher: Publisher
-    boot: int
-    inbox: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
-    remote: RemoteConfig | None = None
-
-    def restart_publisher(self, settings: AgentConfig) -> None:
-        """A new broker address or TLS files: a new publisher on the same spool."""
-        self.publisher.stop(timeout=2.0)
-        self.publisher = _publisher(settings, self.spool, self.boot, self.inbox)
-        self.uplink.notify = self.publisher.notify
-        self.publisher.start()
-
-    def drain(self, timeout: float) -> bool:
-        """Flush and wait (wall time) until the spool is empty; False if it is not within `timeout`."""
-        self.uplink.flush()
-        self.spool.flush()
-        self.publisher.notify()
-        deadline = time.monotonic() + timeout
-        while self.spool.stats.depth and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.spool.stats.depth == 0
-
-    def close(self, drain_seconds: float) -> None:
-        self.uplink.flush()
-        self.spool.flush()
-        self.publisher.stop(timeout=drain_seconds)
-        self.spool.close()
-
-
-def open_outbound(settings: AgentConfig, counters: Counters) -> Outbound:
-    """Boot counter, keys, spool and publisher from [uplink]; raises OSError/ValueError if unusable."""
-    up = settings.uplink
-    state = Path(up.state_dir)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    boot = next_boot(state)
-    keys = SensorKeys.load(up.keys_dir)
-    spool = Spool(state / "spool", up.spool_max_mb << 20, up.fsync_interval)
-    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-    publisher = _publisher(settings, spool, boot, inbox)
-    uplink = Uplink(up, keys, spool, boot, counters, notify=publisher.notify)
-    return Outbound(uplink, spool, publisher, boot, inbox)
-
-
-def _publisher(settings: AgentConfig, spool: Spool, boot: int, inbox: queue.SimpleQueue[bytes]) -> Publisher:
-    up = settings.uplink
-    return Publisher(PublisherSettings(
-        host=up.broker_host, port=up.broker_port, site=up.site, sensor=up.sensor_id,
-        ca_file=Path(up.ca_file), cert_file=Path(up.cert_file), key_file=Path(up.key_file), boot=boot,
-        version=__version__, capabilities=("flows", "devices", "findings", "health", "config")), spool,
-        on_config=inbox.put)
 
 
 class Service:
@@ -122,6 +66,7 @@ class Service:
         if self.detection is not None:
             self.table.on_second = self.detection.second
         self.capture: Capture | None = None
+        self.pool: WorkerPool | None = None  # capture.workers > 1: the flows come from these processes
         self.frames_since = 0
         self.next_devices = 0.0  # wall time of the next device delta
 
@@ -151,7 +96,7 @@ class Service:
         self.health = HealthMonitor(
             self.settings.health, self.totals.counters,
             (lambda: dataclasses.asdict(outbound.spool.stats)) if outbound is not None else None,
-            lambda: {"live": self.table.live, "peak": self.table.peak_live},
+            lambda: {"live": self.live_flows(), "peak": self.peak_flows()},
             self.settings.uplink.state_dir if outbound is not None else "/")
 
     def every_second(self, now: float, kernel: KernelStats) -> None:
@@ -215,9 +160,15 @@ class Service:
             if keep < count or not count:
                 return
 
+    def live_flows(self) -> int:
+        return self.pool.live if self.pool is not None else self.table.live
+
+    def peak_flows(self) -> int:
+        return self.pool.peak if self.pool is not None else self.table.peak_live
+
     def status(self) -> str:
         values = self.totals.counters.values
-        return (f"{values.get('frames', 0)} frames, {self.totals.flows} flows, {self.table.live} live, "
+        return (f"{values.get('frames', 0)} frames, {self.totals.flows} flows, {self.live_flows()} live, "
                 f"{len(self.inventory) if self.inventory is not None else 0} devices")
 
 
@@ -237,18 +188,24 @@ def run(settings: AgentConfig, config_path: str | None = None, stop: threading.E
         log.error("no_interface", hint="set capture.interface to the mirror-port interface")
         return EX_CONFIG
     try:
-        capture = _open_capture(settings.capture)
+        captures = _open_captures(settings.capture)
     except CaptureError as exc:
         log.error("capture_unavailable", error=str(exc))
         return EX_UNAVAILABLE
+    capture = captures[0]
     try:
-        privileges.drop_privileges(settings.health.drop_to_user, keep_net_raw=settings.capture.reopen_on_push)
+        keep = settings.capture.reopen_on_push and settings.capture.workers == 1  # workers reopen nothing
+        privileges.drop_privileges(settings.health.drop_to_user, keep_net_raw=keep)
     except (KeyError, PermissionError, OSError) as exc:
         log.error("privilege_drop_failed", user=settings.health.drop_to_user, error=str(exc))
-        capture.close()
+        for each in captures:
+            each.close()
         return EX_NOPERM
+    pool = spawn(captures, settings) if len(captures) > 1 else None  # before any thread: fork, capabilities
     service = Service(settings, stop)
-    service.capture = capture
+    service.pool = pool
+    if pool is None:
+        service.capture = capture
     service.table.linktype = capture.linktype
     try:
         if settings.uplink.enabled:
@@ -256,25 +213,52 @@ def run(settings: AgentConfig, config_path: str | None = None, stop: threading.E
             service.outbound.remote = remote_config(service, service.outbound, version)
     except (OSError, ValueError) as exc:
         log.error("uplink_unavailable", error=str(exc))
-        capture.close()
+        if pool is not None:
+            pool.stop(timeout=5.0)
+        else:
+            capture.close()
         return EX_CONFIG
-    return _loop(service, capture)
+    return _loop(service, capture) if pool is None else _loop_workers(service, pool)
 
 
-def _open_capture(wanted: CaptureSettings) -> Capture:
+def _open_capture(wanted: CaptureSettings, group: int | None = None) -> Capture:
     live = LiveSettings(wanted.interface, wanted.snaplen, wanted.promiscuous, wanted.buffer_mb << 20,
                         wanted.timeout_ms, wanted.bpf)
-    return open_live(live, wanted.batch_size)
+    return open_live(live, wanted.batch_size, group)
 
 
-def _loop(service: Service, capture: Capture) -> int:
+def _open_captures(wanted: CaptureSettings) -> list[Capture]:
+    """One capture, or capture.workers joined to one fanout group and then opened together (capture.py)."""
+    if wanted.workers == 1:
+        return [_open_capture(wanted)]
+    group, captures = fanout_group(os.getpid()), []
+    try:
+        for _ in range(wanted.workers):
+            captures.append(_open_capture(wanted, group))
+        for capture in captures:
+            capture.set_filter(wanted.bpf)
+    except CaptureError:
+        for capture in captures:
+            capture.close()
+        raise
+    return captures
+
+
+def _start(service: Service) -> tuple[Notifier, Watchdog]:
+    """Threads, health, signals and READY: the start every loop shares (after the privilege drop)."""
     notifier, watchdog = Notifier.from_env(), Watchdog.from_env()
     if service.outbound is not None:
         service.outbound.publisher.start()
     service.start_health()
     _install_signals(service.stop)
     notifier.ready(service.status())
-    log.info("started", interface=service.settings.capture.interface, pid=os.getpid())
+    log.info("started", interface=service.settings.capture.interface, pid=os.getpid(),
+             workers=service.pool.pids if service.pool is not None else [])
+    return notifier, watchdog
+
+
+def _loop(service: Service, capture: Capture) -> int:
+    notifier, watchdog = _start(service)
     last_second = 0.0
     try:
         while not service.stop.is_set():
@@ -293,17 +277,49 @@ def _loop(service: Service, capture: Capture) -> int:
             watchdog.beat(True)
     finally:
         service.table.flush()
-        if service.detection is not None:
-            service.detection.finish()
-        if service.outbound is not None:
-            if service.inventory is not None:
-                service.outbound.uplink.devices(service.inventory.delta(time.time()),
-                                                service.inventory.devices, time.time())
-            service.outbound.close(drain_seconds=5.0)
         (service.capture or capture).close()
-        notifier.stopping(service.status())
-        log.info("stopped", status=service.status())
+        _finish(service, notifier)
     return 0
+
+
+def _loop_workers(service: Service, pool: WorkerPool) -> int:
+    """The loop with capture workers: their records into the service, wall-time seconds, the watchdog."""
+    pool.on_flow, pool.on_hint, pool.counters = service._on_flow, service._on_hint, service.totals.counters
+    notifier, watchdog = _start(service)
+    last_second = 0.0
+    try:
+        while not service.stop.is_set() and not pool.failed:
+            pool.poll(0.05)
+            if service.outbound is not None:
+                drain(service.outbound.remote, service.outbound.inbox)
+            now = time.time()
+            if now - last_second >= 1.0:
+                last_second = now
+                kernel, frames = pool.take_stats()
+                service.frames_since += frames
+                service.every_second(now, kernel)  # its idle table's clock gives detection its second
+                notifier.status(service.status())
+            watchdog.beat(pool.healthy())
+    finally:
+        pool.stop(timeout=15.0)
+        _finish(service, notifier)
+    if pool.failed:
+        log.error("workers_failed", failed=pool.failed)
+        return EX_SOFTWARE
+    return 0
+
+
+def _finish(service: Service, notifier: Notifier) -> None:
+    """After the last flow: detection's end, the last device deltas, the spool drained, STOPPING."""
+    if service.detection is not None:
+        service.detection.finish()
+    if service.outbound is not None:
+        if service.inventory is not None:
+            service.outbound.uplink.devices(service.inventory.delta(time.time()),
+                                            service.inventory.devices, time.time())
+        service.outbound.close(drain_seconds=5.0)
+    notifier.stopping(service.status())
+    log.info("stopped", status=service.status())
 
 
 def _install_signals(stop: threading.Event) -> None:

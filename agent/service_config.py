@@ -15,7 +15,11 @@ device or baseline state:
 - inventory: new bounds, networks and role rules; devices kept;
 - uplink: new batching at once; a new broker address or TLS files restart the publisher on the
   same spool; the rollback timer undoes a push that cuts the sensor off;
-- health and log: at once.
+- health and log: at once;
+- capture.workers: only at a restart. With workers > 1 (agent/workers.py) there is no capture here
+  to reopen: a change that needs one is nacked ("restart the service"), while bpf (compiled here
+  first), batch_size, flows and hints are checked on this process's idle flow table and then sent to
+  every worker.
 
 If `apply` raises half-way, RemoteConfig calls it again from new to old, which undoes each step.
 """
@@ -29,12 +33,15 @@ from typing import TYPE_CHECKING
 import structlog
 
 from agent import crypto, logsetup
+from agent.capture import CaptureError, check_filter
 from agent.config import AgentConfig
 from agent.remote_config import RemoteConfig, changed_keys
 from agent.roles import load_rules
+from agent.workers import forward
 
 if TYPE_CHECKING:
-    from agent.service import Outbound, Service
+    from agent.outbound import Outbound
+    from agent.service import Service
 
 log = structlog.get_logger("agent.service_config")
 _LIVE_CAPTURE_KEYS = frozenset({"capture.bpf", "capture.batch_size"})
@@ -68,14 +75,19 @@ def apply(service: Service, old: AgentConfig, new: AgentConfig) -> None:
     changed = set(changed_keys(old, new))
     if "capture.reopen_on_push" in changed:
         raise ValueError("capture.reopen_on_push: only a restart of the service changes what it may keep")
+    if "capture.workers" in changed:
+        raise ValueError("capture.workers: only a restart of the service changes the capture processes")
     reopen = {key for key in changed if key.startswith("capture.")} - _LIVE_CAPTURE_KEYS
-    if reopen and service.capture is not None:
+    if service.pool is not None:
+        _to_workers(service, changed, reopen, new)
+    elif reopen and service.capture is not None:
         service.reopen_capture(new.capture)
     elif service.capture is not None:
         if "capture.bpf" in changed:
             service.capture.set_filter(new.capture.bpf)
         service.capture.batch_size = new.capture.batch_size
-    service.table.reconfigure(new.flows, new.hints)
+    if service.pool is None:
+        service.table.reconfigure(new.flows, new.hints)
     if service.inventory is not None and any(key.startswith("inventory.") for key in changed):
         wanted = new.inventory
         rules = load_rules(wanted.roles_file or None).with_overrides(wanted.role_overrides,
@@ -90,3 +102,19 @@ def apply(service: Service, old: AgentConfig, new: AgentConfig) -> None:
     logsetup.configure(new.log.level)
     service.settings = new
     log.info("config_applied", changed=sorted(changed))
+
+
+def _to_workers(service: Service, changed: set[str], reopen: set[str], new: AgentConfig) -> None:
+    """Capture, flow and hint changes for the capture workers, checked here first; ValueError if refused."""
+    assert service.pool is not None
+    if reopen:
+        raise ValueError(f"{', '.join(sorted(reopen))}: with capture.workers > 1 the captures are not "
+                         "reopened; restart the service to apply this change")
+    if "capture.bpf" in changed:
+        try:
+            check_filter(new.capture.bpf, service.table.linktype, new.capture.snaplen)
+        except CaptureError as exc:
+            raise ValueError(str(exc)) from exc
+    service.table.reconfigure(new.flows, new.hints)  # the same checks the workers' tables make
+    forward(service.pool, new.flows, new.hints, new.capture.bpf if "capture.bpf" in changed else None,
+            new.capture.batch_size)

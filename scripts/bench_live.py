@@ -21,9 +21,18 @@ What it measures
     absorbs a short excess, so a trial's clean rate can exceed the sustained one by about
     buffer / trial length; longer --seconds tightens that.
 
+Several cores (--workers N, capture.workers)
+    N capture processes share the tap through PACKET_FANOUT (hash) and the main process merges
+    their records (agent/workers.py). The agent is then pinned to cores 0..N-1 (`taskset -c 0,1`
+    for two) and tcpreplay still to core 1: on a two-core machine, --workers 2 shares core 1
+    between tcpreplay and one worker (and the agent's main process floats over both), so the figure
+    understates what two dedicated cores give; a trial is clean by the same test. Each worker has a
+    buffer of its own (capture.buffer_mb), so N workers also buffer N times as much.
+
 Reproduce (root: namespaces, taskset, tcpreplay)
     python scripts/bench_live.py                          # scale 0.2 (~200 k packets), 12 s trials
     python scripts/bench_live.py --seconds 20 --json build/bench/live.json
+    python scripts/bench_live.py --workers 2                # two capture processes on cores 0 and 1
 """
 
 from __future__ import annotations
@@ -99,16 +108,16 @@ def _capture(workdir: Path, scale: float) -> tuple[Path, int]:
     return path, count
 
 
-def _config(workdir: Path, buffer_mb: int) -> Path:
+def _config(workdir: Path, buffer_mb: int, workers: int) -> Path:
     config = workdir / "bench-live.toml"
-    config.write_text(f'[capture]\ninterface = "{TAP}"\ntimeout_ms = 50\nbuffer_mb = {buffer_mb}\n\n'
-                      '[health]\ninterval = 1\ndrop_to_user = "nobody"\n')
+    config.write_text(f'[capture]\ninterface = "{TAP}"\ntimeout_ms = 50\nbuffer_mb = {buffer_mb}\n'
+                      f'workers = {workers}\n\n[health]\ninterval = 1\ndrop_to_user = "nobody"\n')
     return config
 
 
-def _start_agent(config: Path, cpu: int) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
+def _start_agent(config: Path, cpus: str) -> tuple[subprocess.Popen[str], list[str], threading.Event]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    agent = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "agent", "run", "--config",
+    agent = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "agent", "run", "--config",
                               str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     lines: list[str] = []
@@ -143,7 +152,7 @@ def _replay(capture: Path, packets: int, rate: int | None, limit: int, cpu: int)
 
 
 def trial(capture: Path, packets: int, config: Path, rate: int | None, seconds: float, top_limit: int,
-          cpus: tuple[int, int]) -> Trial:
+          cpus: tuple[str, int]) -> Trial:
     """One run of the agent with one replay at `rate` packets/s (None: tcpreplay --topspeed)."""
     agent, lines, _ = _start_agent(config, cpus[0])
     try:
@@ -181,6 +190,8 @@ def main() -> int:
     parser.add_argument("--low", type=int, default=1000, help="a rate assumed clean to start bisecting from")
     parser.add_argument("--precision", type=float, default=0.05, help="stop when high/low - 1 is below this")
     parser.add_argument("--buffer-mb", type=int, default=16, help="capture.buffer_mb")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="capture.workers; the agent gets cores 0..N-1 (module docstring)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--json", type=Path, help="also write the trials here")
     args = parser.parse_args()
@@ -189,29 +200,31 @@ def main() -> int:
         return 77
     args.workdir.mkdir(parents=True, exist_ok=True)
     capture, packets = _capture(args.workdir, args.scale)
-    cpus = (0, 1 if (os.cpu_count() or 1) > 1 else 0)
+    count = os.cpu_count() or 1
+    cpus = (",".join(str(c) for c in range(min(args.workers, count))), min(1, count - 1))
     trials: list[Trial] = []
-    print(f"capture {capture.name}: {packets} packets; agent on cpu {cpus[0]}, tcpreplay on cpu {cpus[1]}")
+    print(f"capture {capture.name}: {packets} packets; agent ({args.workers} worker(s)) on cpu {cpus[0]}, "
+          f"tcpreplay on cpu {cpus[1]}")
     print(f"{'rate':>8} {'sent':>9} {'sent pps':>10} {'received':>9} {'dropped':>8} {'ifdrop':>8} "
           f"{'frames':>9} {'flows':>7}")
     with tempfile.TemporaryDirectory(prefix="ward-bench-live-") as tmp:
-        config = _config(Path(tmp), args.buffer_mb)
+        config = _config(Path(tmp), args.buffer_mb, args.workers)
         _make_link()
         try:
             best = _bisect(args, capture, packets, config, cpus, trials)
         finally:
             _remove_link()
-    print(f"highest zero-drop rate: {best} packets/s (one core, {args.seconds:.0f} s trials, "
-          f"buffer {args.buffer_mb} MiB)")
+    print(f"highest zero-drop rate: {best} packets/s ({args.workers} worker(s) on cpu {cpus[0]}, "
+          f"{args.seconds:.0f} s trials, buffer {args.buffer_mb} MiB each)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         rows = [asdict(t) | {"clean": t.clean} for t in trials]
         args.json.write_text(json.dumps({"best_pps": best, "seconds": args.seconds, "scale": args.scale,
-                                         "trials": rows}, indent=1))
+                                         "workers": args.workers, "trials": rows}, indent=1))
     return 0
 
 
-def _bisect(args: argparse.Namespace, capture: Path, packets: int, config: Path, cpus: tuple[int, int],
+def _bisect(args: argparse.Namespace, capture: Path, packets: int, config: Path, cpus: tuple[str, int],
             trials: list[Trial]) -> int:
     def run(rate: int | None) -> Trial:
         result = trial(capture, packets, config, rate, args.seconds, packets, cpus)

@@ -82,3 +82,16 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
     """A config path that does not exist is a config error, not a crash."""
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 16])
+def test_capture_workers_in_range_are_accepted(workers: int) -> None:
+    """capture.workers from 1 to 16 is taken as given."""
+    assert config.parse({"capture": {"workers": workers}}).capture.workers == workers
+
+
+@pytest.mark.parametrize("workers", [0, 17, "2", 1.5, True])
+def test_capture_workers_out_of_range_or_not_an_integer_is_refused(workers: object) -> None:
+    """capture.workers outside 1-16, or not an integer, is refused with its path."""
+    with pytest.raises(config.ConfigError, match=r"capture\.workers"):
+        config.parse({"capture": {"workers": workers}})
