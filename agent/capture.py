@@ -22,7 +22,8 @@ from typing import Any, Final
 
 import pcapy
 
-from agent.decode import SUPPORTED_LINKTYPES
+from agent import pcapng
+from agent.decode import DLT_RAW, LINKTYPE_RAW, SUPPORTED_LINKTYPES
 
 U32: Final = 1 << 32
 _CLOSED: Final = "less 1"  # no frame is that short: a fanout member's filter until set_filter opens it
@@ -72,6 +73,7 @@ class Capture:
         self._bpf = bpf
         self._delivered = 0
         self.error: str | None = None  # why an offline read stopped before the end of the file
+        self._rest: _PcapngFile | None = None  # agent.pcapng reading on where libpcap gave up
         self._poll: select.poll | None = None
         self._timeout_ms = 0
         self.linktype: int = reader.datalink()
@@ -81,6 +83,10 @@ class Capture:
             raise CaptureError(f"{name}: link type {self.linktype} is not supported")
 
     def next_batch(self) -> tuple[bytes, bytes]:
+        if self._rest is not None:
+            packets, meta = self._rest.next_batch()
+            self.linktype, self.error = self._rest.linktype, self._rest.error
+            return packets, meta
         if self.error is not None:
             return b"", b""
         if self._poll is not None:
@@ -90,9 +96,33 @@ class Capture:
         except pcapy.PcapError as exc:
             if self.live:
                 raise CaptureError(f"{self.name}: {exc}") from exc
+            if self._continue_with_pcapng():
+                return self.next_batch()
             return self._salvage(exc)
         self._delivered += len(meta) // 16
         return packets, bytes(meta)
+
+    def _continue_with_pcapng(self) -> bool:
+        """libpcap gave up on a pcapng file part-way (an interface of another link type appeared):
+        agent.pcapng reads on from the same packet. False if it cannot get there either."""
+        try:
+            if not pcapng.is_pcapng(self.name):
+                return False
+            rest = _PcapngFile(self.name, self._bpf, self.batch_size)
+        except (OSError, pcapng.PcapngError):
+            return False
+        skip = self._delivered
+        while skip:
+            rest.batch_size = min(skip, self.batch_size)
+            meta = rest.next_batch()[1]
+            if not meta or rest.error is not None:
+                rest.close()
+                return False
+            skip -= len(meta) // 16
+        rest.batch_size = self.batch_size
+        self._reader.close()
+        self._rest = rest
+        return True
 
     def set_filter(self, bpf: str) -> None:
         """A new BPF filter on the open handle (needs no privilege); CaptureError if it does not compile."""
@@ -149,7 +179,7 @@ class Capture:
         return self._stats.update((received, dropped, if_dropped))
 
     def close(self) -> None:
-        self._reader.close()
+        (self._rest or self._reader).close()
 
     def __enter__(self) -> Capture:
         return self
@@ -159,7 +189,8 @@ class Capture:
 
 
 def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
-    """Open a pcap or pcapng file."""
+    """Open a pcap or pcapng file. Where libpcap gives up on a pcapng file part-way (an interface of
+    another link type), agent.pcapng reads on, and `linktype` may then change from batch to batch."""
     try:
         reader = pcapy.open_offline(path)
         if bpf:
@@ -167,6 +198,71 @@ def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: {exc}") from exc
     return Capture(reader, path, live=False, batch_size=batch_size, bpf=bpf)
+
+
+class _PcapngFile(Capture):
+    """A pcapng file read by agent.pcapng: each batch holds frames of one link type, `linktype` is
+    that batch's (callers set it on the flow table per batch). A BPF filter is compiled per link type."""
+
+    def __init__(self, path: str, bpf: str, batch_size: int) -> None:  # Capture's own wants a pcapy reader
+        self.name, self.live, self.batch_size, self._bpf = path, False, batch_size, bpf
+        self.error: str | None = None
+        self._rest = None
+        self._stream = open(path, "rb")  # noqa: SIM115  (closed by close())
+        self._packets = pcapng.packets(self._stream)
+        self._held: tuple[int, int, int, bytes] | None = None
+        self._programs: dict[int, Any] = {}
+        self._stats = _StatsDelta()
+        try:
+            first = self._peek()
+        except pcapng.PcapngError:
+            self._stream.close()
+            raise
+        self.linktype = first[0] if first is not None else 1
+
+    def _peek(self) -> tuple[int, int, int, bytes] | None:
+        if self._held is None:
+            self._held = next(self._packets, None)
+        return self._held
+
+    def next_batch(self) -> tuple[bytes, bytes]:
+        chunks: list[bytes] = []
+        meta = bytearray()
+        offset = 0
+        try:
+            while len(chunks) < self.batch_size:
+                packet = self._peek()
+                if packet is None or (chunks and packet[0] != self.linktype):
+                    break
+                self._held = None
+                linktype, seconds, micros, frame = packet
+                self.linktype = linktype
+                if self._bpf and not self._passes(linktype, frame):
+                    continue
+                meta += struct.pack("=IIII", max(seconds, 0) & 0xFFFFFFFF, micros, offset, len(frame))
+                chunks.append(frame)
+                offset += len(frame)
+        except (pcapng.PcapngError, CaptureError) as exc:
+            self.error = f"{self.name}: {exc}"
+            self._packets = iter(())
+        return b"".join(chunks), bytes(meta)
+
+    def _passes(self, linktype: int, frame: bytes) -> bool:
+        program = self._programs.get(linktype)
+        if program is None:
+            try:
+                dlt = DLT_RAW if linktype == LINKTYPE_RAW else linktype  # libpcap compiles for DLT numbers
+                program = self._programs[linktype] = pcapy.compile(dlt, 262144, self._bpf, 1, 0)
+            except pcapy.PcapError as exc:
+                raise CaptureError(f"filter {self._bpf!r} does not compile for link type {linktype}: {exc}") \
+                    from exc
+        return bool(program.filter(frame))
+
+    def set_filter(self, bpf: str) -> None:
+        self._bpf, self._programs = bpf, {}
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def open_live(settings: LiveSettings, batch_size: int = 1024, fanout_group: int | None = None) -> Capture:

@@ -117,11 +117,11 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
         totals.captures.append(path)
         try:
             with open_offline(path, config.capture.bpf) as capture:
-                table.linktype = capture.linktype
                 while True:
                     packets, meta = capture.next_batch()
                     if not meta:
                         break
+                    table.linktype = capture.linktype  # per batch: a pcapng file may mix link types
                     table.ingest(packets, meta)
                 if capture.error is not None:
                     totals.capture_errors.append(capture.error)

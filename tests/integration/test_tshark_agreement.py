@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,21 @@ def test_fragmented_vxlan_datagram_agrees_with_tshark(tmp_path: Path) -> None:
         for n, frame in enumerate(frames):
             out.write(1_700_000_000 + n / 100, frame)
     _assert_agrees(capture)
+
+
+@pytest.mark.skipif(shutil.which("mergecap") is None, reason="needs mergecap (wireshark-common)")
+def test_pcapng_mixing_link_types_agrees_with_tshark(tmp_path: Path) -> None:
+    """A pcapng file whose interfaces differ in link type (Ethernet and Linux cooked), which libpcap
+    refuses part-way, is read to the end and agrees with tshark."""
+    parts = []
+    for linktype, start in ((1, 0.0), (113, 0.005)):
+        part = tmp_path / f"sample-{linktype}.pcap"
+        with wardgen.PcapWriter(part, linktype=linktype) as out:
+            for ts, frame in wardgen.sample():
+                relinked = wardgen.relink(linktype, frame)
+                if relinked is not None:
+                    out.write(ts + start, relinked)
+        parts.append(str(part))
+    mixed = tmp_path / "mixed.pcapng"
+    subprocess.run(["mergecap", "-F", "pcapng", "-w", str(mixed), *parts], check=True, capture_output=True)
+    _assert_agrees(mixed)
