@@ -78,7 +78,7 @@ class Capture:
         self._timeout_ms = 0
         self.linktype: int = reader.datalink()
         self._stats = _StatsDelta()
-        if self.linktype not in SUPPORTED_LINKTYPES:
+        if live and self.linktype not in SUPPORTED_LINKTYPES:  # a file's frames are counted, not refused
             reader.close()
             raise CaptureError(f"{name}: link type {self.linktype} is not supported")
 

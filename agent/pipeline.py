@@ -11,6 +11,7 @@ import structlog
 
 from agent.capture import CaptureError, KernelStats, open_offline
 from agent.config import AgentConfig
+from agent.decode import SUPPORTED_LINKTYPES
 from agent.detect import Detection
 from agent.flows import FlowTable
 from agent.inventory import Inventory
@@ -117,6 +118,9 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
         totals.captures.append(path)
         try:
             with open_offline(path, config.capture.bpf) as capture:
+                if capture.linktype not in SUPPORTED_LINKTYPES:
+                    log.warning("capture_link_unsupported", capture=path, linktype=capture.linktype,
+                                hint="its frames are counted as skipped.unsupported_link")
                 while True:
                     packets, meta = capture.next_batch()
                     if not meta:
