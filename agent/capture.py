@@ -15,9 +15,13 @@ opens it once every member has joined.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import struct
+import tempfile
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import pcapy
@@ -65,9 +69,12 @@ class _StatsDelta:
 class Capture:
     """One open capture; use `open_offline` or `open_live` to make one."""
 
-    def __init__(self, reader: Any, name: str, live: bool, batch_size: int, bpf: str = "") -> None:
+    def __init__(self, reader: Any, name: str, live: bool, batch_size: int, bpf: str = "",
+                 unpacked: str | None = None) -> None:
         self._reader = reader
         self.name = name
+        self._unpacked = unpacked  # a decompressed copy of a .gz file, read instead and removed at close
+        self._file = unpacked or name
         self.live = live
         self.batch_size = batch_size
         self._bpf = bpf
@@ -106,9 +113,9 @@ class Capture:
         """libpcap gave up on a pcapng file part-way (an interface of another link type appeared):
         agent.pcapng reads on from the same packet. False if it cannot get there either."""
         try:
-            if not pcapng.is_pcapng(self.name):
+            if not pcapng.is_pcapng(self._file):
                 return False
-            rest = _PcapngFile(self.name, self._bpf, self.batch_size)
+            rest = _PcapngFile(self._file, self._bpf, self.batch_size)
         except (OSError, pcapng.PcapngError):
             return False
         skip = self._delivered
@@ -143,7 +150,7 @@ class Capture:
         meta = bytearray()
         offset = 0
         try:
-            reader = pcapy.open_offline(self.name)
+            reader = pcapy.open_offline(self._file)
             if self._bpf:
                 reader.setfilter(self._bpf)
             for index in range(self._delivered + self.batch_size):
@@ -152,7 +159,7 @@ class Capture:
                     break
                 if index >= self._delivered:
                     seconds, micros = header.getts()
-                    meta += struct.pack("=IIII", seconds, micros, offset, len(data))
+                    meta += struct.pack("=IIII", seconds & 0xFFFFFFFF, micros & 0xFFFFFFFF, offset, len(data))
                     chunks.append(data)
                     offset += len(data)
         except pcapy.PcapError:
@@ -180,6 +187,8 @@ class Capture:
 
     def close(self) -> None:
         (self._rest or self._reader).close()
+        if self._unpacked is not None:
+            Path(self._unpacked).unlink(missing_ok=True)
 
     def __enter__(self) -> Capture:
         return self
@@ -189,15 +198,40 @@ class Capture:
 
 
 def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
-    """Open a pcap or pcapng file. Where libpcap gives up on a pcapng file part-way (an interface of
-    another link type), agent.pcapng reads on, and `linktype` may then change from batch to batch."""
+    """Open a pcap or pcapng file, gzip-compressed or not (as tshark reads them). Where libpcap gives
+    up on a pcapng file part-way (an interface of another link type), agent.pcapng reads on, and
+    `linktype` may then change from batch to batch."""
+    unpacked = _gunzipped(path)
     try:
-        reader = pcapy.open_offline(path)
+        reader = pcapy.open_offline(unpacked or path)
         if bpf:
             reader.setfilter(bpf)
     except pcapy.PcapError as exc:
+        if unpacked is not None:
+            Path(unpacked).unlink(missing_ok=True)
         raise CaptureError(f"{path}: {exc}") from exc
-    return Capture(reader, path, live=False, batch_size=batch_size, bpf=bpf)
+    return Capture(reader, path, live=False, batch_size=batch_size, bpf=bpf, unpacked=unpacked)
+
+
+def _gunzipped(path: str) -> str | None:
+    """A temporary decompressed copy of a gzip file (None if `path` is not gzip). A damaged or cut
+    stream keeps what came before the damage: libpcap then reports the file as cut short."""
+    try:
+        with open(path, "rb") as stream:
+            if stream.read(2) != b"\x1f\x8b":
+                return None
+    except OSError:
+        return None  # libpcap says why
+    with tempfile.NamedTemporaryFile(prefix="ward-replay-", suffix=".pcap", delete=False) as copy, \
+            open(path, "rb") as source, contextlib.suppress(zlib.error):
+        member = zlib.decompressobj(wbits=31)  # gzip framing; a new object per concatenated member
+        while chunk := source.read(1 << 16):
+            while chunk:
+                copy.write(member.decompress(chunk))
+                chunk = member.unused_data if member.eof else b""
+                if member.eof:
+                    member = zlib.decompressobj(wbits=31)
+    return copy.name
 
 
 class _PcapngFile(Capture):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 from pathlib import Path
 
@@ -79,3 +80,60 @@ def test_kernel_stats_deltas_survive_wraparound() -> None:
     deltas = capture._StatsDelta()
     deltas.update((2**32 - 10, 5, 0))
     assert deltas.update((20, 7, 1)) == capture.KernelStats(30, 2, 1)
+
+
+def _sample(path: Path) -> Path:
+    with wardgen.PcapWriter(path) as out:
+        for ts, frame in wardgen.sample():
+            out.write(ts, frame)
+    return path
+
+
+def _read(path: Path) -> tuple[list[tuple[int, int, bytes]], str | None]:
+    """Every (seconds, microseconds, frame) of a capture, and its error."""
+    records = []
+    with capture.open_offline(str(path)) as cap:
+        while meta := (batch := cap.next_batch())[1]:
+            records += [(s, u, batch[0][off:off + n]) for s, u, off, n in struct.iter_unpack("=IIII", meta)]
+        return records, cap.error
+
+
+def test_gzip_file_reads_as_the_plain_one(tmp_path: Path) -> None:
+    """A gzip-compressed capture (as tshark reads them) gives the plain file's frames and times."""
+    plain = _sample(tmp_path / "sample.pcap")
+    packed = tmp_path / "sample.pcap.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert _read(packed) == _read(plain)
+
+
+def test_cut_gzip_file_keeps_the_frames_before_the_cut(tmp_path: Path) -> None:
+    """A gzip stream cut short gives the frames decompressed before the cut, and an error."""
+    plain = _sample(tmp_path / "sample.pcap")
+    packed = gzip.compress(plain.read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(packed[:len(packed) // 2])
+    frames, error = _read(cut)
+    everything, _ = _read(plain)
+    assert 0 < len(frames) < len(everything)
+    assert frames == everything[:len(frames)]
+    assert error is not None
+
+
+def test_decompressed_copy_is_removed_at_close(tmp_path: Path) -> None:
+    """The temporary decompressed copy of a gzip capture is gone once the capture is closed."""
+    packed = tmp_path / "sample.pcap.gz"
+    packed.write_bytes(gzip.compress(_sample(tmp_path / "sample.pcap").read_bytes()))
+    with capture.open_offline(str(packed)) as cap:
+        copy = Path(cap._file)
+        assert copy.exists() and copy != packed
+    assert not copy.exists()
+
+
+def test_damaged_record_with_a_late_timestamp_does_not_raise(tmp_path: Path) -> None:
+    """A damaged file whose last readable record has a timestamp past 2**31 is salvaged, not raised."""
+    path = tmp_path / "late.pcap"
+    with wardgen.PcapWriter(path) as out:
+        out.write(4_294_967_000.0, bytes(60))
+    path.write_bytes(path.read_bytes() + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30))
+    frames, error = _read(path)
+    assert len(frames) == 1 and error is not None
