@@ -16,6 +16,7 @@ opens it once every member has joined.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import struct
 import tempfile
@@ -215,7 +216,10 @@ def open_offline(path: str, bpf: str = "", batch_size: int = 4096) -> Capture:
 
 def _gunzipped(path: str) -> str | None:
     """A temporary decompressed copy of a gzip file (None if `path` is not gzip). A damaged or cut
-    stream keeps what came before the damage: libpcap then reports the file as cut short."""
+    stream keeps what came before the damage: libpcap then reports the file as cut short. Only a
+    regular file is looked at: reading a FIFO's first bytes would take them from libpcap."""
+    if not os.path.isfile(path):
+        return None
     try:
         with open(path, "rb") as stream:
             if stream.read(2) != b"\x1f\x8b":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,16 @@ def test_damaged_record_with_a_late_timestamp_does_not_raise(tmp_path: Path) -> 
     path.write_bytes(path.read_bytes() + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30))
     frames, error = _read(path)
     assert len(frames) == 1 and error is not None
+
+
+def test_capture_read_from_a_fifo_loses_nothing(tmp_path: Path) -> None:
+    """A capture piped in (tcpdump -w - | ward-agent replay /dev/stdin) is read whole: nothing peeks at it."""
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    # another process: libpcap holds the GIL while its open() waits for a writer
+    writer = subprocess.Popen(["dd", f"if={GOLDEN / 'sample.pcap'}", f"of={fifo}"], stderr=subprocess.DEVNULL)
+    try:
+        with capture.open_offline(str(fifo)) as cap:
+            assert _frames(cap) == 224
+    finally:
+        writer.wait(timeout=10)
