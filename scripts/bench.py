@@ -22,7 +22,15 @@ What it measures
     children are forked (not vforked) and reset their peak before exec; what remains is the forked
     copy of this Python process, ~10-14 MiB, printed as the "resolution" (figures at it are marked *).
 
-    Targets: ward-agent >= 0.5x softflowd's packets/s on both captures; <= 400 bytes per live flow.
+    Beside the default replay (A) it times, in the same interleaved rounds, the same replay with
+    stages switched off (flows_only: no hints, inventory or detectors; no_detectors) and with the
+    learned detector active (full_baseline: `replay --baseline B`, where B was learned, untimed,
+    by `ward-agent learn` from the first half of the capture's packets, so the second half holds
+    behaviour the baseline has not seen). Detector cost is each variant's median against
+    no_detectors' median from the same run.
+
+    Targets: ward-agent >= 0.5x softflowd's packets/s on both captures; <= 400 bytes per live flow;
+    hints and inventory, and the default detectors, each within +10% of the stage below them.
     Wall time includes process start-up (about 0.1-0.2 s of interpreter and imports for ward-agent);
     the "pipeline only" line is ward-agent's own in-process time, from its `replay_done` log line.
 
@@ -400,16 +408,50 @@ def checked(m: Measurement, what: str) -> Measurement:
     return m
 
 
-def ward_cmd(ward_agent: str, capture: Path, emit: str, config: Path | None = None) -> list[str]:
-    extra = ["--config", str(config)] if config else []
-    return [ward_agent, "replay", str(capture), "--emit", emit, *extra]
+def ward_cmd(ward_agent: str, capture: Path, emit: str, config: Path | None = None,
+             extra: Sequence[str] = ()) -> list[str]:
+    more = ["--config", str(config)] if config else []
+    return [ward_agent, "replay", str(capture), "--emit", emit, *more, *extra]
 
 
-# Variants timed beside the default replay, each with a configuration that switches stages off.
+# Variants timed beside the default replay: a configuration that switches stages off, or "" for none.
 VARIANTS: Final = {
     "flows_only": "[hints]\nenabled = false\n[inventory]\nenabled = false\n[detectors]\nenabled = false\n",
     "no_detectors": "[detectors]\nenabled = false\n",
+    "full_baseline": "",  # default configuration, plus --baseline (see learn_baseline)
 }
+BASELINE_VARIANT: Final = "full_baseline"
+LEARN_FRACTION: Final = 0.5  # of the capture's packets: the baseline's learning period
+
+
+def write_prefix(source: Path, target: Path, packets: int) -> int:
+    """Copy the pcap header and the first `packets` records of `source` to `target`; returns the count."""
+    count = 0
+    with source.open("rb") as f, target.open("wb") as out:
+        head = f.read(PCAP_HEADER.size)
+        if len(head) < PCAP_HEADER.size or PCAP_HEADER.unpack(head)[0] != PCAP_MAGIC:
+            raise BenchError(f"{source}: not a little-endian microsecond pcap")
+        out.write(head)
+        while count < packets:
+            record = f.read(PCAP_RECORD.size)
+            if len(record) < PCAP_RECORD.size:
+                break
+            frame = f.read(PCAP_RECORD.unpack(record)[2])
+            out.write(record + frame)
+            count += 1
+    return count
+
+
+def learn_baseline(ward_agent: str, capture: Capture, tmp: Path) -> Path:
+    """`ward-agent learn` on the first LEARN_FRACTION of the capture (untimed); the baseline file."""
+    prefix, baseline = tmp / f"{capture.scenario}-learn.pcap", tmp / f"{capture.scenario}-baseline.json"
+    write_prefix(capture.path, prefix, int(capture.packets * LEARN_FRACTION))
+    learn = [str(Path(ward_agent)), "learn", str(prefix), "--baseline", str(baseline)]
+    m = checked(measure(learn, timeout_for(capture)), f"ward-agent learn {prefix.name}")
+    prefix.unlink()
+    log(f"  learned {baseline.name} from the first {LEARN_FRACTION:.0%} of the packets in {m.wall:.1f} s: "
+        f"{m.stderr.strip().splitlines()[-1] if m.stderr.strip() else ''}")
+    return baseline
 
 
 def softflowd_cmd(softflowd: str, capture: Path, pidfile: Path) -> list[str]:
@@ -481,17 +523,19 @@ def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
     ward = ToolFigures([], [], capture.packets)
     variants = {name: ToolFigures([], [], capture.packets) for name in VARIANTS}
     soft = ToolFigures([], [], capture.packets)
-    configs = {name: tmp / f"{name}.toml" for name in VARIANTS}
+    configs = {name: tmp / f"{name}.toml" for name in VARIANTS if VARIANTS[name]}
     for name, path in configs.items():
         path.write_text(VARIANTS[name])
+    extras = {name: [] for name in VARIANTS}
+    extras[BASELINE_VARIANT] = ["--baseline", str(learn_baseline(ward_agent, capture, tmp))]
     pipeline: list[float] = []
     stats: dict[str, int] = {}
     limit = timeout_for(capture)
     for i in range(runs):
         a = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull), limit), "ward-agent replay")
         for name, figures in variants.items():
-            v = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull, configs[name]), limit),
-                        f"ward-agent replay, {name}")
+            v = checked(measure(ward_cmd(ward_agent, capture.path, os.devnull, configs.get(name),
+                                         extras[name]), limit), f"ward-agent replay, {name}")
             figures.walls.append(v.wall)
             figures.rss_kib.append(v.maxrss_kib)
         b = checked(measure(softflowd_cmd(softflowd, capture.path, tmp / "softflowd.pid"), limit),
@@ -587,6 +631,10 @@ def capture_table(r: CaptureResult, floor: Floor) -> list[str]:
                     f"target <= +{TARGET_HINT_COST:.0%} {verdict(hints <= TARGET_HINT_COST)}) | + detectors "
                     f"{r.ward.median_wall:.3f} s ({detect:+.1%}, target <= +{TARGET_HINT_COST:.0%} "
                     f"{verdict(detect <= TARGET_HINT_COST)})")
+    with_baseline = r.ward.extra.get(f"median_{BASELINE_VARIANT}_s")
+    if with_baseline and no_detectors:
+        rows.append(f"  + detectors with a learned baseline (learned detector active) {with_baseline:.3f} s "
+                    f"({with_baseline / no_detectors - 1:+.1%} against no detectors; reported, no target)")
     rows.append(f"  ratio ward-agent/softflowd packets/s: {r.ratio:.2f}x   target >= {TARGET_RATIO}x  "
                 f"{verdict(r.ratio >= TARGET_RATIO)}")
     bpf = r.bytes_per_live_flow
@@ -597,6 +645,19 @@ def capture_table(r: CaptureResult, floor: Floor) -> list[str]:
     rows.append(counts_line(r))
     rows += [f"  NOTE: {note}" for note in consistency_notes(r)]
     return rows
+
+
+def stage_costs(r: CaptureResult) -> dict[str, float | None]:
+    """Median wall time of each stage over the one below it, same run: hints, detectors, learned."""
+    extra = r.ward.extra
+
+    def over(top: float | None, bottom: float | None) -> float | None:
+        return round(top / bottom - 1, 4) if top and bottom else None
+
+    flows_only, no_detectors = extra.get("median_flows_only_s"), extra.get("median_no_detectors_s")
+    return {"hints_inventory": over(no_detectors, flows_only),
+            "detectors": over(r.ward.median_wall, no_detectors),
+            "detectors_with_baseline": over(extra.get(f"median_{BASELINE_VARIANT}_s"), no_detectors)}
 
 
 def header(machine: dict[str, Any], args: argparse.Namespace, baseline: float, base_cap: Capture,
@@ -633,6 +694,7 @@ def to_json(machine: dict[str, Any], args: argparse.Namespace, baseline: float, 
             "bytes_per_live_flow": None if r.bytes_per_live_flow is None else round(r.bytes_per_live_flow, 1),
             "bytes_per_live_flow_pass": r.bytes_per_live_flow is not None
             and r.bytes_per_live_flow <= TARGET_BYTES_PER_FLOW,
+            "stage_costs": stage_costs(r),
             "ward_summary": r.summary,
             "softflowd_stats": r.softflowd_stats,
             "notes": consistency_notes(r),

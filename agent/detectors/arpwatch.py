@@ -63,6 +63,7 @@ class ArpWatch:
 
     hint_apps: Final = frozenset({"arp"})  # the engine hands this detector only these hints
     takes_flows: Final = False  # ... and no flows
+    takes_devices: Final = False  # ... nor device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.counters = Counters()

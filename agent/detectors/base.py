@@ -3,10 +3,12 @@
 A detector module offers NAME, a frozen `Settings` dataclass with its defaults (range checks in
 `Settings.problems() -> list[str]`), and `make(settings, context) -> Detector`. The engine hands
 each detector every finished flow, every protocol hint and every device delta, and calls `tick`
-with packet time at least once per second of traffic, never raw packets. A detector returns the
-findings it raises; the engine de-duplicates them by `key` within a suppression window and rate-
-limits them, counting both. An exception in one detector is counted and logged at most once per
-interval; the others keep running.
+with packet time at least once per second of traffic, never raw packets; a detector may narrow
+what it is handed with the optional attributes `flow_ports`, `hint_apps`, `takes_flows` and
+`takes_devices` (agent.detectors.engine), which must never hide a record it would act on. A
+detector returns the findings it raises; the engine de-duplicates them by `key` within a
+suppression window and rate-limits them, counting both. An exception in one detector is counted and
+logged at most once per interval; the others keep running.
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ def make(settings: Settings, context: Context) -> BruteForceDetector:
 class BruteForceDetector:
     """Failed logins and short authentication sessions per (client, server, port)."""
 
-    hint_apps: Final = LOGIN_APPS  # the engine hands this detector only these hints
+    hint_apps: Final = LOGIN_APPS  # the engine hands this detector only these hints,
+    flow_ports: Final = frozenset(AUTH_PORTS)  # ... only flows to these ports
+    takes_devices: Final = False  # ... and no device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.counters = Counters()

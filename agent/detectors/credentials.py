@@ -44,6 +44,7 @@ class CredentialsDetector:
 
     hint_apps: Final = LOGIN_APPS  # the engine hands this detector only these hints
     takes_flows: Final = False  # ... and no flows
+    takes_devices: Final = False  # ... nor device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self._ignore = frozenset(settings.ignore)

@@ -37,6 +37,7 @@ _SECOND_LEVELS: Final = frozenset({"co", "com", "net", "org", "gov", "ac", "edu"
 MAX_NAMES: Final = 4096  # analysed names cached (names repeat: a ward asks for the same few hundred)
 _MAX_DOMAINS: Final = 64  # registered domains counted per client for the report
 _SKIP_SUFFIXES: Final = (".local", ".arpa")
+_UNSEEN: Final = ("", "", False)  # sentinel: a question not analysed yet (compared by identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,9 @@ def tunnel_like(name: str, labels: list[str], domain: str, long_label: int, long
 class DnsTunnelDetector:
     """DNS questions from hints and port-53 flows; one finding key per (client, server)."""
 
-    hint_apps: Final = frozenset({"dns"})  # the engine hands this detector only these hints
+    hint_apps: Final = frozenset({"dns"})  # the engine hands this detector only these hints,
+    flow_ports: Final = frozenset({53})  # ... only flows to these ports
+    takes_devices: Final = False  # ... and no device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.counters = Counters()
@@ -148,9 +151,8 @@ class DnsTunnelDetector:
         for question in questions:
             if not isinstance(question, str):
                 continue
-            if question in analysed:
-                known = analysed[question]
-            else:
+            known = analysed.get(question, _UNSEEN)
+            if known is _UNSEEN:
                 known = self._analyse(question)
                 if len(analysed) >= MAX_NAMES:
                     analysed.clear()

@@ -12,11 +12,15 @@ counted in the shared Counters:
 4. a global rate limit of `max_per_minute` findings in any 60 s of packet time (`findings.rate_limited`).
 
 A detector that raises is counted (`detectors.errors.<name>`), logged at most once a minute of wall
-time, and skipped for that record; the others still run. Two optional detector attributes, read
-once at construction: `counters` (the detector's own Counters: evictions and the like), copied under
+time, and skipped for that record; the others still run. Optional detector attributes, read once at
+construction: `counters` (the detector's own Counters: evictions and the like), copied under
 `detectors.<name>.` on each tick; `hint_apps` (a frozenset of ProtoHint.app values): such a detector
-is handed only those hints, so a DNS-heavy ward does not pay every detector per message; and
-`takes_flows = False` for a detector that has nothing to do with flows.
+is handed only those hints, so a DNS-heavy ward does not pay every detector per message;
+`flow_ports` (a frozenset of responder ports): such a detector is handed only flows to those ports;
+`takes_flows = False` for a detector that has nothing to do with flows, and `takes_devices = False`
+for one that ignores device deltas (`wants_devices` then tells the caller whether building deltas
+is worth it at all). The routes are tables built once: a flow costs one dict lookup by port plus
+the detectors that asked for it, most of them returning at their first test.
 """
 
 from __future__ import annotations
@@ -98,12 +102,13 @@ class DetectorEngine:
         self._recent: deque[float] = deque()  # ts of findings let through in the last minute
         self._logged: dict[str, float] = {}
         self._latest = float("-inf")
-        self._flow = tuple((n, d.on_flow) for n, d in self._detectors.items()
-                           if getattr(d, "takes_flows", True))
+        self._flow_all, self._flow_routes = _flow_routes(self._detectors)
         self._hint_all = tuple((n, d.on_hint, getattr(d, "hint_apps", None))
                                for n, d in self._detectors.items())
         self._hint_routes: dict[str, tuple[tuple[str, Callable[[ProtoHint], list[Finding]]], ...]] = {}
-        self._device = tuple((n, d.on_device) for n, d in self._detectors.items())
+        self._device = tuple((n, d.on_device) for n, d in self._detectors.items()
+                             if getattr(d, "takes_devices", True))
+        self.wants_devices = bool(self._device)
         self._tick = tuple((n, d.tick) for n, d in self._detectors.items())
         self._own_counters = tuple((n, c) for n, d in self._detectors.items()
                                    if isinstance(c := getattr(d, "counters", None), Counters))
@@ -112,7 +117,7 @@ class DetectorEngine:
         if flow.last > self._latest:
             self._latest = flow.last
         found: list[Finding] = []
-        for name, call in self._flow:
+        for name, call in self._flow_routes.get(flow.b_port, self._flow_all):
             try:
                 found += call(flow)
             except Exception as exc:  # a detector bug must never stop the sensor
@@ -203,6 +208,23 @@ class DetectorEngine:
             counters.add("findings." + finding.kind)
             passed.append(finding)
         return passed
+
+
+FlowCall = tuple[str, Callable[[FlowRecord], list[Finding]]]
+FlowRoutes = dict[int, tuple[FlowCall, ...]]
+
+
+def _flow_routes(detectors: Mapping[str, Detector]) -> tuple[tuple[FlowCall, ...], FlowRoutes]:
+    """The detectors every flow goes to, and per responder port named in some `flow_ports`, the
+    detectors a flow to that port goes to (in registry order, so findings keep their order)."""
+    takers = [(n, d) for n, d in detectors.items() if getattr(d, "takes_flows", True)]
+    ports: dict[str, frozenset[int] | None] = {n: getattr(d, "flow_ports", None) for n, d in takers}
+    calls: dict[str, Callable[[FlowRecord], list[Finding]]] = {n: d.on_flow for n, d in takers}
+    everyone = tuple((n, calls[n]) for n, _ in takers if ports[n] is None)
+    named = {p for wanted in ports.values() if wanted is not None for p in wanted}
+    routes = {port: tuple((n, calls[n]) for n, _ in takers if (wanted := ports[n]) is None or port in wanted)
+              for port in named}
+    return everyone, routes
 
 
 def _type_problems(settings_type: type[Any], table: Mapping[str, Any]) -> list[str]:

@@ -81,7 +81,9 @@ def _established(flow: FlowRecord) -> bool:
 class LateralDetector:
     """Fan-out per (client, service), SMB1 bursts per session, remote execution per (client, host)."""
 
-    hint_apps: Final = frozenset({"smb"})  # the engine hands this detector only these hints
+    hint_apps: Final = frozenset({"smb"})  # the engine hands this detector only these hints,
+    flow_ports: Final = frozenset(SERVICES) | {_RPC}  # ... only flows to these ports
+    takes_devices: Final = False  # ... and no device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.counters = Counters()

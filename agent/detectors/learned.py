@@ -122,9 +122,14 @@ class LearnedDetector:
                 b = self._profile(b_key, flow.first, flow.b_ip, learning, found)
             if not learning:
                 found += self._compare(flow, a, b)
-        a_learns, b_learns = _learner(a, learning, last), _learner(b, learning, last)
-        if a_learns is not None or b_learns is not None:
-            base.observe_flow(flow, a_learns, b_learns)
+        if learning:
+            if a is not None or b is not None:
+                base.observe_flow(flow, a, b)
+        else:  # _learner inlined: once learning has ended, most flows teach nothing
+            a_learns = a if a is not None and a.learn_until > last else None
+            b_learns = b if b is not None and b.learn_until > last else None
+            if a_learns is not None or b_learns is not None:
+                base.observe_flow(flow, a_learns, b_learns)
         return [f for f in found if self._fresh(f)] if found else found
 
     def on_hint(self, hint: ProtoHint) -> list[Finding]:
@@ -182,44 +187,48 @@ class LearnedDetector:
 
     def _compare(self, flow: FlowRecord, a: Profile | None, b: Profile | None) -> list[Finding]:
         found: list[Finding] = []
-        where = (flow.a_ip, flow.a_port, flow.b_ip, flow.b_port, flow.proto)
-        tcp_reset = flow.proto == "tcp" and "R" in flow.b_flags and "S" not in flow.b_flags
-        service = service_label(flow.proto, flow.b_port) if flow.proto in ("tcp", "udp") else ""
-        settled_a = a is not None and a.learn_until <= flow.last
-        if a is not None and settled_a and service and not tcp_reset:
-            unicast = self.baseline.classify(flow.b_ip) != "other"
-            if "new_peer" in self._kinds and unicast and flow.b_ip not in a.peers \
-                    and "peers" not in a.saturated:
-                found += self._new(flow, a, b, where, "new_peer", f"new_peer:{a.key}:{flow.b_ip}",
+        proto, last = flow.proto, flow.last
+        tcp_reset = proto == "tcp" and "R" in flow.b_flags and "S" not in flow.b_flags
+        service = service_label(proto, flow.b_port) if proto == "tcp" or proto == "udp" else ""
+        kinds = self._kinds
+        if a is not None and a.learn_until <= last and service and not tcp_reset:
+            if "new_peer" in kinds and flow.b_ip not in a.peers and "peers" not in a.saturated \
+                    and self.baseline.classify(flow.b_ip) != "other":
+                found += self._new(flow, a, b, _where(flow), "new_peer", f"new_peer:{a.key}:{flow.b_ip}",
                                    f"{describe(a, flow.a_ip)} connected to {describe(b, flow.b_ip)} on "
                                    f"{service} for the first time; never seen while learning.")
-            if "new_service" in self._kinds and service not in a.used and "used" not in a.saturated:
-                found += self._new(flow, a, b, where, "new_service", f"new_service:{a.key}:used:{service}",
+            if "new_service" in kinds and service not in a.used and "used" not in a.saturated:
+                found += self._new(flow, a, b, _where(flow), "new_service",
+                                   f"new_service:{a.key}:used:{service}",
                                    f"{describe(a, flow.a_ip)} used {service} (to {flow.b_ip}), a service it "
                                    f"never used while learning.")
-        if b is not None and b.learn_until <= flow.last and service and not tcp_reset \
-                and "new_service" in self._kinds and service not in b.offered \
-                and "offered" not in b.saturated:
-            found += self._new(flow, b, a, where, "new_service", f"new_service:{b.key}:offered:{service}",
+        if b is not None and b.learn_until <= last and service and not tcp_reset \
+                and "new_service" in kinds and service not in b.offered and "offered" not in b.saturated:
+            found += self._new(flow, b, a, _where(flow), "new_service",
+                               f"new_service:{b.key}:offered:{service}",
                                f"{describe(b, flow.b_ip)} answered on {service} (from {flow.a_ip}), a "
                                f"service it never offered while learning.")
-        for side, other, own_ip, peer_ip, sent in ((a, b, flow.a_ip, flow.b_ip, flow.a_bytes),
-                                                   (b, a, flow.b_ip, flow.a_ip, flow.b_bytes)):
-            if side is None:
-                continue
-            if self._external and side.role in MEDICAL \
-                    and _external(peer_ip, self.baseline) and peer_ip not in side.external \
-                    and "external" not in side.saturated \
-                    and not any(ipaddress.ip_address(peer_ip) in n for n in self._allowed):
-                found.append(finding(
-                    "external_communication", "high", flow.last, side, other, where,
-                    f"{describe(side, own_ip)} exchanged traffic with the external address {peer_ip} "
-                    f"({service or flow.proto}), outside the destinations it used while learning.",
-                    {"sent_bytes": sent, "learned_external": sorted(side.external)[:16]},
-                    f"external_communication:{side.key}:{peer_ip}"))
-            if self._volume_on and sent > 0:
-                found += self._volume_check(flow, side, other, own_ip, peer_ip, sent, where)
+        if a is not None:
+            self._side(flow, a, b, flow.a_ip, flow.b_ip, flow.a_bytes, service, found)
+        if b is not None:
+            self._side(flow, b, a, flow.b_ip, flow.a_ip, flow.b_bytes, service, found)
         return found
+
+    def _side(self, flow: FlowRecord, side: Profile, other: Profile | None, own_ip: str, peer_ip: str,
+              sent: int, service: str, found: list[Finding]) -> None:
+        """The checks of one flow side against its own profile: external peers, volume."""
+        if self._external and side.role in MEDICAL \
+                and _external(peer_ip, self.baseline) and peer_ip not in side.external \
+                and "external" not in side.saturated \
+                and not any(ipaddress.ip_address(peer_ip) in n for n in self._allowed):
+            found.append(finding(
+                "external_communication", "high", flow.last, side, other, _where(flow),
+                f"{describe(side, own_ip)} exchanged traffic with the external address {peer_ip} "
+                f"({service or flow.proto}), outside the destinations it used while learning.",
+                {"sent_bytes": sent, "learned_external": sorted(side.external)[:16]},
+                f"external_communication:{side.key}:{peer_ip}"))
+        if self._volume_on and sent > 0:
+            found += self._volume_check(flow, side, other, own_ip, peer_ip, sent)
 
     def _new(self, flow: FlowRecord, src: Profile, dst: Profile | None, where: Where, kind: str, key: str,
              summary: str) -> list[Finding]:
@@ -238,36 +247,30 @@ class LearnedDetector:
                         evidence, key)]
 
     def _volume_check(self, flow: FlowRecord, side: Profile, other: Profile | None, own_ip: str,
-                      peer_ip: str, sent: int, where: Where) -> list[Finding]:
+                      peer_ip: str, sent: int) -> list[Finding]:
         """Add `sent` to this interval's bytes toward the peer and toward all peers; judge both."""
         slot = int(flow.last // self.baseline.interval)
         s = self.settings
-        totals = []
-        for peer in (peer_ip, "*"):
-            current = self._volume.get((side.key, peer))
-            if current is None or current[0] != slot:
-                if len(self._volume) >= _MAX_RAISED:
-                    self._volume.clear()
-                    self.counters.add("learned.volume_reset")
-                current = self._volume[(side.key, peer)] = [slot, 0]
-            current[1] += sent
-            totals.append((peer, current))
-        if all(current[1] <= s.volume_floor for _, current in totals):
+        to_peer = self._interval_bytes(side.key, peer_ip, slot)
+        to_peer[1] += sent
+        to_all = self._interval_bytes(side.key, "*", slot)
+        to_all[1] += sent
+        if to_peer[1] <= s.volume_floor and to_all[1] <= s.volume_floor:
             return []  # the floor bounds every threshold: no statistics needed
         a, b = (side, other) if own_ip == flow.a_ip else (other, side)
         if self._bulk(flow, a, b):  # sanctioned bulk traffic does not count at all
-            for _, current in totals:
-                current[1] -= sent
+            to_peer[1] -= sent
+            to_all[1] -= sent
             return []
         found: list[Finding] = []
-        for peer, current in totals:
+        for peer, current in ((peer_ip, to_peer), ("*", to_all)):
             stats = self._robust(side, peer)
             if stats.n < s.volume_min_samples:
                 continue
             limit = volume_threshold(stats, s.volume_mad_factor, s.volume_floor, s.volume_headroom)
             if current[1] > limit:
                 found.append(finding(
-                    "volume_anomaly", "high", flow.last, side, other, where,
+                    "volume_anomaly", "high", flow.last, side, other, _where(flow),
                     volume_summary(side, own_ip, peer_ip if peer != "*" else "*", current[1], stats,
                                    self.baseline.interval),
                     {"bytes": current[1], "threshold": round(limit), "median": stats.median, "mad": stats.mad,
@@ -275,6 +278,16 @@ class LearnedDetector:
                      "peer": peer},
                     f"volume_anomaly:{side.key}:{peer}"))
         return found
+
+    def _interval_bytes(self, device: str, peer: str, slot: int) -> list[int]:
+        """[slot, bytes] the device sent to `peer` ("*": all peers) in the current interval (bounded)."""
+        current = self._volume.get((device, peer))
+        if current is None or current[0] != slot:
+            if len(self._volume) >= _MAX_RAISED:
+                self._volume.clear()
+                self.counters.add("learned.volume_reset")
+            current = self._volume[(device, peer)] = [slot, 0]
+        return current
 
     def _bulk(self, flow: FlowRecord, a: Profile | None, b: Profile | None) -> bool:
         """Whether the policy allows this flow by a rule marked bulk (a scheduled backup, say)."""
@@ -312,6 +325,11 @@ def _learner(profile: Profile | None, learning: bool, now: float) -> Profile | N
     if profile is None or learning or profile.learn_until > now:
         return profile
     return None
+
+
+def _where(flow: FlowRecord) -> Where:
+    """Source and destination of a finding about this flow (built only when a finding is)."""
+    return (flow.a_ip, flow.a_port, flow.b_ip, flow.b_port, flow.proto)
 
 
 def _external(ip: str, baseline: Baseline) -> bool:

@@ -48,6 +48,8 @@ def describe(device: Device | None, ip: str) -> str:
 
 
 class PolicyDetector:
+    takes_devices: Final = False  # the engine hands this detector no device deltas
+
     def __init__(self, settings: Settings, context: Context, policy: Policy) -> None:
         self.settings, self.context, self.policy = settings, context, policy
         self._raised: dict[str, float] = {}

@@ -84,6 +84,7 @@ class ScanDetector:
     """Port scans per (source, target), host sweeps per (source, proto, port) and ARP sweeps per sender."""
 
     hint_apps: Final = frozenset({"arp"})  # the engine hands this detector only these hints
+    takes_devices: Final = False  # ... and no device deltas
 
     def __init__(self, settings: Settings, context: Context) -> None:
         self.counters = Counters()
@@ -99,33 +100,42 @@ class ScanDetector:
         self._pending: dict[tuple[Any, ...], tuple[Episode, FlowRecord | ProtoHint]] = {}
 
     def on_flow(self, flow: FlowRecord) -> list[Finding]:
-        if "P" in flow.a_flags:  # most flows: a conversation, never an attempt (cheapest test first)
+        # The tests of `failed` inlined, cheapest first: most flows are conversations, never attempts.
+        if "P" in flow.a_flags:
             return []
         if flow.last > self._clock:
             self._clock = flow.last
         proto = flow.proto
-        if proto == "tcp" or proto == "udp":
-            if proto == "udp" and flow.a_port in _GROUP_RESPONDERS:
+        if proto == "tcp":
+            if "S" not in flow.a_flags or "P" in flow.b_flags or flow.a_pkts > 3:
+                return []
+        elif proto == "udp":
+            if flow.a_port in _GROUP_RESPONDERS:
                 if flow.a_port == _DHCP_SERVER:
                     self._dhcp_servers.touch(flow.a_ip, bool)
                 return []
-            if not failed(flow) or is_group(flow.b_ip) or (proto == "udp" and flow.b_port in _TRACEROUTE):
+            if flow.b_pkts or flow.a_pkts > 2 or flow.b_port in _TRACEROUTE:
                 return []
-            s = self._s
-            target = self._targets.touch((flow.a_ip, flow.b_ip), Episode)
-            if target.add(flow.b_port, self._clock, flow.first, flow.last, s.window, s.ports, s.max_items):
-                self._pending[("port", flow.a_ip, flow.b_ip)] = (target, flow)
-            if "S" in flow.b_flags:
-                target.extra["open"] = target.extra.get("open", 0) + 1
-            service = self._services.touch((flow.a_ip, proto, flow.b_port), Episode)
-            if service.add(flow.b_ip, self._clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
-                self._pending[("sweep", flow.a_ip, proto, flow.b_port)] = (service, flow)
-        elif _ECHO.get(proto if isinstance(proto, str) else "") == flow.a_port and not is_group(flow.b_ip) \
-                and self._dhcp_servers.get(flow.a_ip) is None:
-            s = self._s
-            service = self._services.touch((flow.a_ip, proto, flow.a_port), Episode)
-            if service.add(flow.b_ip, self._clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
-                self._pending[("sweep", flow.a_ip, proto, flow.a_port)] = (service, flow)
+        else:
+            if _ECHO.get(proto if isinstance(proto, str) else "") == flow.a_port and not is_group(flow.b_ip) \
+                    and self._dhcp_servers.get(flow.a_ip) is None:
+                s = self._s
+                service = self._services.touch((flow.a_ip, proto, flow.a_port), Episode)
+                if service.add(flow.b_ip, self._clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
+                    self._pending[("sweep", flow.a_ip, proto, flow.a_port)] = (service, flow)
+            return []
+        if is_group(flow.b_ip):
+            return []
+        s, clock = self._s, self._clock
+        a_ip, b_ip, b_port = flow.a_ip, flow.b_ip, flow.b_port
+        target = self._targets.touch((a_ip, b_ip), Episode)
+        if target.add(b_port, clock, flow.first, flow.last, s.window, s.ports, s.max_items):
+            self._pending[("port", a_ip, b_ip)] = (target, flow)
+        if "S" in flow.b_flags:
+            target.extra["open"] = target.extra.get("open", 0) + 1
+        service = self._services.touch((a_ip, proto, b_port), Episode)
+        if service.add(b_ip, clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
+            self._pending[("sweep", a_ip, proto, b_port)] = (service, flow)
         return []
 
     def on_hint(self, hint: ProtoHint) -> list[Finding]:

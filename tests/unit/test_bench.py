@@ -55,3 +55,14 @@ def test_pipeline_seconds_from_log() -> None:
 def test_capture_path_names_the_parameters(tmp_path: Path) -> None:
     params = bench.capture_params("bench-churn", 3, 0.05, 256)
     assert bench.capture_path(tmp_path, params).name == "bench-churn-seed3-scale0p05-snap256.pcap"
+
+
+def test_write_prefix_keeps_the_first_packets(tmp_path: Path) -> None:
+    """The learning prefix is a valid pcap holding exactly the first n records, byte for byte."""
+    source, prefix = tmp_path / "s.pcap", tmp_path / "p.pcap"
+    with wardgen.PcapWriter(source, snaplen=128) as writer:
+        n = writer.write_all(wardgen.scenario("sample"))
+    assert bench.write_prefix(source, prefix, n // 2) == n // 2
+    assert bench.count_pcap(prefix) == n // 2
+    assert source.read_bytes().startswith(prefix.read_bytes())
+    assert bench.write_prefix(source, prefix, n + 5) == n and prefix.read_bytes() == source.read_bytes()
