@@ -43,12 +43,12 @@ V = TypeVar("V")
 class Bounded(Generic[K, V]):
     """A dict of at most `limit` entries; adding to a full one evicts the least recently used, counted."""
 
-    __slots__ = ("_counters", "_items", "_limit", "_name")
+    __slots__ = ("_counts", "_items", "_limit", "_name")
 
     def __init__(self, limit: int, counters: Counters, name: str) -> None:
         self._items: OrderedDict[K, V] = OrderedDict()
         self._limit = limit
-        self._counters = counters
+        self._counts = counters.values  # counted in place: a churning table evicts on most touches
         self._name = name
 
     def touch(self, key: K, factory: Callable[[], V]) -> V:
@@ -58,7 +58,8 @@ class Bounded(Generic[K, V]):
         if value is None:
             if len(items) >= self._limit:
                 items.popitem(last=False)
-                self._counters.add(self._name)
+                counts = self._counts
+                counts[self._name] = counts.get(self._name, 0) + 1
             value = items[key] = factory()
         else:
             items.move_to_end(key)
@@ -180,6 +181,30 @@ def escalate(severity: str, *roles: str | None) -> str:
     if any(role in CLINICAL_ROLES for role in roles):
         return {"info": "low", "low": "medium", "medium": "high", "high": "critical"}.get(severity, severity)
     return severity
+
+
+class Draft:
+    """A finding whose text is not built yet: what the engine's filters read, and `build()` for the rest.
+
+    A detector that raises many findings the engine drops (a port-scan storm: the rate limit and the
+    suppression window let through about one in ten) offers them as drafts (its `tick_drafts`), so the
+    summary and the device records behind it are built only for the findings that leave the engine.
+    `severity` is the one before escalation (escalation keeps it in the vocabulary); `ts` is rounded as
+    in the Finding; `origin` names the detector, for the error counter should `build` raise.
+    """
+
+    __slots__ = ("build", "dst_ip", "key", "kind", "origin", "severity", "src_ip", "ts")
+
+    def __init__(self, origin: str, kind: str, severity: str, ts: float, src_ip: str | None,
+                 dst_ip: str | None, key: str, build: Callable[[], Finding]) -> None:
+        self.origin = origin
+        self.kind = kind
+        self.severity = severity
+        self.ts = round(ts, 6)
+        self.src_ip = src_ip
+        self.dst_ip = dst_ip
+        self.key = key
+        self.build = build
 
 
 def make_finding(context: Context, kind: str, severity: str, ts: float, src_ip: str | None,

@@ -147,7 +147,8 @@ class DnsTunnelDetector:
         if not isinstance(questions, list):
             return []
         s = self._s
-        analysed = self._analysed
+        analysed, pairs = self._analysed, self._pairs
+        src, dst, ts, clock = hint.src_ip, hint.dst_ip, hint.ts, self._clock  # the clock is fixed below
         for question in questions:
             if not isinstance(question, str):
                 continue
@@ -162,23 +163,26 @@ class DnsTunnelDetector:
             name, domain, data = known
             self._seq += 1
             if data:
-                names = self._names.touch((hint.src_ip, hint.dst_ip), Episode)
+                names = self._names.touch((src, dst), Episode)
                 domains = names.extra.setdefault("domains", {})
                 if domain in domains or len(domains) < _MAX_DOMAINS:
                     domains[domain] = domains.get(domain, 0) + 1
-                if names.add(self._seq, self._clock, hint.ts, hint.ts, s.window, s.tunnel_names, 1 << 16):
-                    self._pending[("names", hint.src_ip, hint.dst_ip)] = (names, hint)
-            pair = (hint.src_ip, domain)
-            count = self._pairs.touch(pair, list)
-            if not count or self._clock - count[0] > s.window:
-                count[:] = [self._clock, 0.0]
-            count[1] += 1
+                if names.add(self._seq, clock, ts, ts, s.window, s.tunnel_names, 1 << 16):
+                    self._pending[("names", src, dst)] = (names, hint)
+            pair = (src, domain)
+            count = pairs.touch(pair, list)  # [window start, queries]: most pairs are new, one query each
+            if not count:
+                count += (clock, 1.0)
+            elif clock - count[0] > s.window:
+                count[0], count[1] = clock, 1.0
+            else:
+                count[1] += 1
             if count[1] < s.busy_queries:
                 continue
             rate = self._domains.touch(pair, Episode)
-            if rate.add(hash(name), self._clock, hint.ts, hint.ts, s.window, s.domain_names, 1 << 16):
+            if rate.add(hash(name), clock, ts, ts, s.window, s.domain_names, 1 << 16):
                 rate.extra["domains"] = {domain: 1}
-                self._pending[("rate", hint.src_ip, domain)] = (rate, hint)
+                self._pending[("rate", src, domain)] = (rate, hint)
         return []
 
     def _analyse(self, question: str) -> tuple[str, str, bool] | None:

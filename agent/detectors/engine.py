@@ -17,10 +17,14 @@ construction: `counters` (the detector's own Counters: evictions and the like), 
 `detectors.<name>.` on each tick; `hint_apps` (a frozenset of ProtoHint.app values): such a detector
 is handed only those hints, so a DNS-heavy ward does not pay every detector per message;
 `flow_ports` (a frozenset of responder ports): such a detector is handed only flows to those ports;
-`takes_flows = False` for a detector that has nothing to do with flows, and `takes_devices = False`
-for one that ignores device deltas (`wants_devices` then tells the caller whether building deltas
-is worth it at all). The routes are tables built once: a flow costs one dict lookup by port plus
-the detectors that asked for it, most of them returning at their first test.
+`tick_drafts(now)`, called instead of `tick`, returns drafts (agent.detectors.common.Draft) that
+pass the filters on their key, kind, time and addresses and are built into Findings only when let
+through, so a storm of findings the filters drop costs no text (a draft whose build raises counts
+as its detector's error); `takes_flows = False` for a detector that has nothing to do with flows,
+and `takes_devices = False` for one that ignores device deltas (`wants_devices` then tells the
+caller whether building deltas is worth it at all). The routes are tables built once: a flow costs
+one dict lookup by port plus the detectors that asked for it, most of them returning at their first
+test.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any, Final
 import structlog
 
 from agent.detectors.base import Context, Detector, Device
-from agent.detectors.common import KINDS
+from agent.detectors.common import KINDS, Draft
 from agent.records import SEVERITIES, Counters, Finding, FlowRecord, ProtoHint
 
 log = structlog.get_logger("agent.detectors")
@@ -56,7 +60,7 @@ class AllowRule:
     src_ip: str = ""
     dst_ip: str = ""
 
-    def matches(self, finding: Finding) -> bool:
+    def matches(self, finding: Finding | Draft) -> bool:
         return (finding.kind == self.kind
                 and (not self.key or finding.key == self.key)
                 and (not self.key_prefix or finding.key.startswith(self.key_prefix))
@@ -109,7 +113,8 @@ class DetectorEngine:
         self._device = tuple((n, d.on_device) for n, d in self._detectors.items()
                              if getattr(d, "takes_devices", True))
         self.wants_devices = bool(self._device)
-        self._tick = tuple((n, d.tick) for n, d in self._detectors.items())
+        self._tick: tuple[tuple[str, Callable[[float], Sequence[Finding | Draft]]], ...] = tuple(
+            (n, getattr(d, "tick_drafts", d.tick)) for n, d in self._detectors.items())
         self._own_counters = tuple((n, c) for n, d in self._detectors.items()
                                    if isinstance(c := getattr(d, "counters", None), Counters))
 
@@ -153,7 +158,7 @@ class DetectorEngine:
         """Packet time `now`; call at least once per second of traffic."""
         if now > self._latest:
             self._latest = now
-        found: list[Finding] = []
+        found: list[Finding | Draft] = []
         for name, call in self._tick:
             try:
                 found += call(now)
@@ -163,7 +168,7 @@ class DetectorEngine:
         for name, own in self._own_counters:
             for counter, value in own.values.items():
                 values[f"detectors.{name}.{counter}"] = value
-        return self._filter(found) if found else found
+        return self._filter(found) if found else []
 
     def finish(self) -> list[Finding]:
         """End of a capture (or shutdown): a tick far enough ahead that detectors report what they hold."""
@@ -178,11 +183,11 @@ class DetectorEngine:
             log.error("detector_failed", detector=name, error=repr(exc),
                       errors=self._counters.get("detectors.errors." + name))
 
-    def _filter(self, found: list[Finding]) -> list[Finding]:
+    def _filter(self, found: Sequence[Finding | Draft]) -> list[Finding]:
         passed: list[Finding] = []
         counters, reported, recent = self._counters, self._reported, self._recent
         for finding in found:
-            if not isinstance(finding, Finding) or finding.kind not in KINDS \
+            if not isinstance(finding, (Finding, Draft)) or finding.kind not in KINDS \
                     or finding.severity not in SEVERITIES:
                 counters.add("detectors.invalid")
                 continue
@@ -198,6 +203,13 @@ class DetectorEngine:
             if len(recent) >= self._max_per_minute:
                 counters.add("findings.rate_limited")
                 continue
+            if isinstance(finding, Draft):
+                draft = finding
+                try:
+                    finding = draft.build()
+                except Exception as exc:  # as if the detector's tick had raised: counted, logged
+                    self._failed(draft.origin, exc)
+                    continue
             recent.append(finding.ts)
             reported.pop(finding.key, None)
             if len(reported) >= MAX_KEYS:

@@ -23,6 +23,10 @@ Defaults, and why:
 - UDP to 33434-33534 is left out: traceroute sends three probes per hop to consecutive ports there.
 - A crossed episode is reported after 10 s without new attempts, or 60 s after it crossed, so the
   finding carries the whole scan's numbers (see common.py).
+
+Reports leave as drafts (`tick_drafts`): a scan storm raises far more findings than the engine's
+rate limit and suppression let through, and each one's text names two devices, whose records the
+inventory builds afresh; only the findings the engine emits get their text.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.detectors.base import Context, Device
-from agent.detectors.common import Bounded, Episode, describe, is_group, make_finding, seconds
+from agent.detectors.common import Bounded, Draft, Episode, describe, is_group, make_finding, seconds
 from agent.records import Counters, Finding, FlowRecord, ProtoHint
 
 NAME: Final = "scan"
@@ -158,9 +162,13 @@ class ScanDetector:
         return []
 
     def tick(self, now: float) -> list[Finding]:
+        return [draft.build() for draft in self.tick_drafts(now)]
+
+    def tick_drafts(self, now: float) -> list[Draft]:
+        """The findings now due, as drafts: the engine builds the text only of those it lets through."""
         if now > self._clock:
             self._clock = now
-        found: list[Finding] = []
+        found: list[Draft] = []
         for key, (episode, record) in list(self._pending.items()):
             if episode.due(self._clock, self._s.quiet, self._s.within):
                 del self._pending[key]
@@ -172,35 +180,44 @@ class ScanDetector:
                     found.append(self._sweep(episode, record, key[2], key[3]))
         return found
 
-    def _port_scan(self, episode: Episode, record: FlowRecord | ProtoHint) -> Finding:
+    def _port_scan(self, episode: Episode, record: FlowRecord | ProtoHint) -> Draft:
         assert isinstance(record, FlowRecord)
-        ports = sorted(p for p in episode.items() if isinstance(p, int))
-        span = max(0.0, episode.last - episode.first)
-        count = f"at least {len(ports)}" if episode.capped else str(len(ports))
-        summary = (f"{describe(self._context, record.a_ip)} scanned {count} ports of "
-                   f"{describe(self._context, record.b_ip)} in {seconds(span)}")
-        evidence = {"ports": len(ports), "attempts": episode.events, "seconds": round(span, 3),
-                    "open": episode.extra.get("open", 0), "capped": episode.capped,
-                    "sample_ports": ports[:20], "first": episode.first, "last": episode.last}
-        return make_finding(self._context, "port_scan", "medium", episode.last, record.a_ip, record.b_ip,
-                            summary, evidence, f"port_scan:{record.a_ip}->{record.b_ip}", proto=record.proto,
-                            device=record.a_mac)
+        key = f"port_scan:{record.a_ip}->{record.b_ip}"
 
-    def _sweep(self, episode: Episode, record: FlowRecord | ProtoHint, proto: Any, port: int) -> Finding:
-        hosts = sorted(str(h) for h in episode.items())
-        span = max(0.0, episode.last - episode.first)
-        count = f"at least {len(hosts)}" if episode.capped else str(len(hosts))
+        def build() -> Finding:
+            ports = sorted(p for p in episode.items() if isinstance(p, int))
+            span = max(0.0, episode.last - episode.first)
+            count = f"at least {len(ports)}" if episode.capped else str(len(ports))
+            summary = (f"{describe(self._context, record.a_ip)} scanned {count} ports of "
+                       f"{describe(self._context, record.b_ip)} in {seconds(span)}")
+            evidence = {"ports": len(ports), "attempts": episode.events, "seconds": round(span, 3),
+                        "open": episode.extra.get("open", 0), "capped": episode.capped,
+                        "sample_ports": ports[:20], "first": episode.first, "last": episode.last}
+            return make_finding(self._context, "port_scan", "medium", episode.last, record.a_ip, record.b_ip,
+                                summary, evidence, key, proto=record.proto, device=record.a_mac)
+
+        return Draft(NAME, "port_scan", "medium", episode.last, record.a_ip, record.b_ip, key, build)
+
+    def _sweep(self, episode: Episode, record: FlowRecord | ProtoHint, proto: Any, port: int) -> Draft:
         if isinstance(record, ProtoHint):
-            src, device, what = record.fields["sender_ip"], record.src_mac, "ARP-swept"
+            src, device, what = str(record.fields["sender_ip"]), record.src_mac, "ARP-swept"
             service, dst_port, key_service = "addresses", None, "arp"
         else:
             src, device, what = record.a_ip, record.a_mac, "swept"
             service = f"hosts with ICMP echo ({proto})" if proto in _ECHO else f"hosts on {proto}/{port}"
             dst_port, key_service = (None if proto in _ECHO else port), f"{proto}/{port}"
-        summary = f"{describe(self._context, src)} {what} {count} {service} in {seconds(span)}"
-        evidence = {"hosts": len(hosts), "attempts": episode.events, "seconds": round(span, 3),
-                    "service": key_service, "capped": episode.capped, "sample_hosts": hosts[:20],
-                    "first": episode.first, "last": episode.last}
-        return make_finding(self._context, "host_sweep", "medium", episode.last, src, None, summary, evidence,
-                            f"host_sweep:{src}:{key_service}", dst_port=dst_port,
-                            proto=_ARP_PROTO if key_service == "arp" else proto, device=device)
+        key = f"host_sweep:{src}:{key_service}"
+
+        def build() -> Finding:
+            hosts = sorted(str(h) for h in episode.items())
+            span = max(0.0, episode.last - episode.first)
+            count = f"at least {len(hosts)}" if episode.capped else str(len(hosts))
+            summary = f"{describe(self._context, src)} {what} {count} {service} in {seconds(span)}"
+            evidence = {"hosts": len(hosts), "attempts": episode.events, "seconds": round(span, 3),
+                        "service": key_service, "capped": episode.capped, "sample_hosts": hosts[:20],
+                        "first": episode.first, "last": episode.last}
+            return make_finding(self._context, "host_sweep", "medium", episode.last, src, None, summary,
+                                evidence, key, dst_port=dst_port,
+                                proto=_ARP_PROTO if key_service == "arp" else proto, device=device)
+
+        return Draft(NAME, "host_sweep", "medium", episode.last, src, None, key, build)
