@@ -262,13 +262,13 @@ def _loop(service: Service, capture: Capture) -> int:
     last_second = 0.0
     try:
         while not service.stop.is_set():
-            capture = service.capture or capture  # a pushed capture change swaps it (reopen_capture)
             packets, meta = capture.next_batch()
             if meta:
                 service.table.ingest(packets, meta)
                 service.frames_since += len(meta) // 16
             if service.outbound is not None:
                 drain(service.outbound.remote, service.outbound.inbox)
+                capture = service.capture or capture  # a pushed capture change swapped it (reopen_capture)
             now = time.time()
             if now - last_second >= 1.0:
                 last_second = now
