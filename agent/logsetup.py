@@ -22,6 +22,8 @@ def configure(level: str = "info", stream: object = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        # one write per line (message and newline together): worker processes share stderr, and with
+        # PYTHONUNBUFFERED a print() of the message and then its newline interleaves with theirs
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
