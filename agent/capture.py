@@ -245,12 +245,10 @@ class _PcapngFile(Capture):
     def __init__(self, path: str, bpf: str, batch_size: int) -> None:  # Capture's own wants a pcapy reader
         self.name, self.live, self.batch_size, self._bpf = path, False, batch_size, bpf
         self.error: str | None = None
-        self._rest = None
         self._stream = open(path, "rb")  # noqa: SIM115  (closed by close())
         self._packets = pcapng.packets(self._stream)
         self._held: tuple[int, int, int, bytes] | None = None
         self._programs: dict[int, Any] = {}
-        self._stats = _StatsDelta()
         try:
             first = self._peek()
         except pcapng.PcapngError:
@@ -288,12 +286,7 @@ class _PcapngFile(Capture):
     def _passes(self, linktype: int, frame: bytes) -> bool:
         program = self._programs.get(linktype)
         if program is None:
-            try:
-                dlt = DLT_RAW if linktype == LINKTYPE_RAW else linktype  # libpcap compiles for DLT numbers
-                program = self._programs[linktype] = pcapy.compile(dlt, 262144, self._bpf, 1, 0)
-            except pcapy.PcapError as exc:
-                raise CaptureError(f"filter {self._bpf!r} does not compile for link type {linktype}: {exc}") \
-                    from exc
+            program = self._programs[linktype] = _compiled(self._bpf, linktype, 262144)
         return bool(program.filter(frame))
 
     def set_filter(self, bpf: str) -> None:
@@ -340,7 +333,12 @@ def fanout_group(pid: int) -> int:
 
 def check_filter(bpf: str, linktype: int, snaplen: int) -> None:
     """CaptureError if `bpf` does not compile for `linktype`; needs no capture and no privilege."""
+    _compiled(bpf, linktype, snaplen)
+
+
+def _compiled(bpf: str, linktype: int, snaplen: int) -> Any:
+    """The BPF program of `bpf` for `linktype` (a file's LINKTYPE_RAW is libpcap's DLT_RAW); CaptureError."""
     try:
-        pcapy.compile(linktype, snaplen, bpf, 1, 0)
+        return pcapy.compile(DLT_RAW if linktype == LINKTYPE_RAW else linktype, snaplen, bpf, 1, 0)
     except pcapy.PcapError as exc:
-        raise CaptureError(f"bad filter {bpf!r}: {exc}") from exc
+        raise CaptureError(f"bad filter {bpf!r} for link type {linktype}: {exc}") from exc
