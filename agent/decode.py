@@ -74,7 +74,7 @@ SUPPORTED_LINKTYPES: Final = frozenset(
 )
 PPP_OTHER: Final = -6  # a PPP frame that carries no IP (LCP, IPCP, CHAP ...)
 
-_VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})
+VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _BSD_AF_INET6: Final = frozenset({10, 24, 28, 30})
 _IPV6_EXT: Final = frozenset({0, 43, 60, 51})
 _ICMP_REQUEST_OF: Final = {0: 8, 14: 13, 16: 15, 18: 17}
@@ -184,7 +184,7 @@ def _ethertype(frame: bytes, at: int, pos: int, macs: bytes, depth: int) -> Resu
     vlans: list[int] = []
     etype = int.from_bytes(frame[at:at + 2], "big")
     for _ in range(MAX_VLAN_TAGS + 3):
-        if etype in _VLAN_TPIDS:
+        if etype in VLAN_TPIDS:
             if len(vlans) == MAX_VLAN_TAGS:
                 return "too_many_vlan_tags"
             if len(frame) < pos + 4:

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from typing import Final
 
+from agent.decode import VLAN_TPIDS
 from agent.hints import cdp, lldp
 from agent.hints.base import Fields
 from agent.records import Counters, ProtoHint
@@ -21,7 +22,6 @@ from agent.records import Counters, ProtoHint
 ARP: Final = 0x0806
 CDP_SNAP_TYPE: Final = 0x2000  # decode.py walks 802.3 LLC/SNAP and reports the SNAP protocol id
 MAX_SENDERS: Final = 1024
-_VLAN_TPIDS: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _ARP_OPS: Final = {1: "request", 2: "reply"}
 
 
@@ -36,7 +36,7 @@ class FrameHints:
     def feed(self, frame: bytes, ethertype: int, t: int) -> None:
         """One Ethernet frame whose type (after VLAN tags and any LLC/SNAP header) is `ethertype`."""
         at = 12
-        while int.from_bytes(frame[at:at + 2], "big") in _VLAN_TPIDS:
+        while int.from_bytes(frame[at:at + 2], "big") in VLAN_TPIDS:
             at += 4
         payload = frame[at + 2:]
         src_mac, dst_mac = frame[6:12].hex(":"), frame[:6].hex(":")
