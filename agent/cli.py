@@ -6,17 +6,19 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from agent import __version__, config, keys_cli, learn_cli, logsetup, policy_cli, service
-from agent import outbound as outbound_parts
+from agent import __version__, config, keys_cli, learn_cli, logsetup, policy_cli
 from agent.central import cli as central_cli
 from agent.detect import Detection, with_site_files
 from agent.emit import FlowTally, JsonLines
 from agent.pipeline import RunTotals, build_inventory, replay
 from agent.records import Finding, FlowRecord
+
+if TYPE_CHECKING:
+    from agent import outbound as outbound_parts
 
 EX_OK, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL = 0, 65, 66, 75
 
@@ -72,7 +74,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     totals = RunTotals()
     try:
         inventory = build_inventory(settings, totals) if settings.inventory.enabled else None
-        outbound = outbound_parts.open_outbound(settings, totals.counters) if args.uplink else None
+        outbound = _open_outbound(settings, totals) if args.uplink else None
     except (config.ConfigError, OSError, ValueError) as exc:
         print(f"ward-agent: {exc}", file=sys.stderr)
         return config.EX_CONFIG
@@ -124,6 +126,12 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     return EX_OK
 
 
+def _open_outbound(settings: config.AgentConfig, totals: RunTotals) -> outbound_parts.Outbound:
+    """The uplink parts (spool, keys, publisher), imported only when a replay uses them."""
+    from agent import outbound as outbound_parts
+    return outbound_parts.open_outbound(settings, totals.counters)
+
+
 def _deliver(outbound: outbound_parts.Outbound, devices: list[dict[str, Any]], timeout: float) -> bool:
     """The replay's devices as one snapshot, then wait until the broker has everything."""
     outbound.uplink.devices([], lambda: devices, 0.0)
@@ -145,5 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "run":
+        from agent import service  # the live service's parts (uplink, health, workers) load only here
         return service.run(settings, args.config)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
