@@ -14,7 +14,7 @@ from agent import __version__, config, keys_cli, learn_cli, logsetup, policy_cli
 from agent.central import cli as central_cli
 from agent.detect import Detection, with_site_files
 from agent.emit import FlowTally, JsonLines
-from agent.pipeline import RunTotals, build_inventory, replay
+from agent.pipeline import RunTotals, build_inventory, fan_out, replay
 from agent.records import Finding, FlowRecord
 
 if TYPE_CHECKING:
@@ -61,13 +61,6 @@ def _output(path: str | None, dash: TextIO) -> Iterator[TextIO | None]:
             yield stream
 
 
-def _fan_out(sinks: list[Callable[[FlowRecord], None]]) -> Callable[[FlowRecord], None]:
-    def each(record: FlowRecord) -> None:
-        for sink in sinks:
-            sink(record)
-    return each
-
-
 def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
     log = structlog.get_logger("agent.cli")
     tally = FlowTally()
@@ -102,7 +95,7 @@ def _replay(args: argparse.Namespace, settings: config.AgentConfig) -> int:
             sinks.append(writer.flow)
         if outbound is not None:
             sinks.append(outbound.uplink.flow)
-        on_flow = sinks[0] if len(sinks) == 1 else _fan_out(sinks)
+        on_flow = fan_out(sinks)
         replay(args.captures, settings, on_flow, fast_path=not args.no_fast_path,
                on_hint=writer.hint if writer is not None and args.hints else None, inventory=inventory,
                totals=totals, detection=detection)

@@ -99,19 +99,19 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
     """
     totals = totals or RunTotals()
     started = time.perf_counter()
-    if inventory is not None:  # first, so the detectors' context already knows the devices
-        on_flow = _both(inventory.on_flow, on_flow)
-        on_hint = inventory.on_hint if on_hint is None else _both(inventory.on_hint, on_hint)
-    if detection is not None:
-        on_flow = _both(on_flow, detection.flow)
-        on_hint = detection.hint if on_hint is None else _both(on_hint, detection.hint)
+    # The inventory first, so the detectors' context already knows the devices; one flat fan-out.
+    flow_sinks = [*([inventory.on_flow] if inventory is not None else []), on_flow,
+                  *([detection.flow] if detection is not None else [])]
+    hint_sinks = [*([inventory.on_hint] if inventory is not None else []), *([on_hint] if on_hint else []),
+                  *([detection.hint] if detection is not None else [])]
 
     def emit(record: FlowRecord) -> None:
         totals.count_flow(record)
-        on_flow(record)
+        for sink in flow_sinks:
+            sink(record)
 
-    table = FlowTable(config.flows, emit, totals.counters, fast_path=fast_path, on_hint=on_hint,
-                      hints=config.hints)
+    table = FlowTable(config.flows, emit, totals.counters, fast_path=fast_path,
+                      on_hint=fan_out(hint_sinks) if hint_sinks else None, hints=config.hints)
     if detection is not None:
         table.on_second = detection.second
     for path in paths:
@@ -141,8 +141,12 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
     return totals
 
 
-def _both(first: Callable[[T], None], second: Callable[[T], None]) -> Callable[[T], None]:
+def fan_out(sinks: list[Callable[[T], None]]) -> Callable[[T], None]:
+    """One callable handing each record to every sink in order."""
+    if len(sinks) == 1:
+        return sinks[0]
+
     def each(record: T) -> None:
-        first(record)
-        second(record)
+        for sink in sinks:
+            sink(record)
     return each
