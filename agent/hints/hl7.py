@@ -18,12 +18,14 @@ NAME: Final = "hl7"
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_BUFFER: Final = 4096
 MAX_FIELD: Final = 64
-_MSH_FIELDS: Final = {3: "sending_app", 4: "sending_facility", 5: "receiving_app", 6: "receiving_facility",
-                      9: "message_type", 12: "version"}
-_MESSAGE_TYPE: Final = re.compile(r"^[A-Z0-9]{2,3}(\^[A-Z0-9]{2,3}(\^[A-Z0-9_]{3,7})?)?$")
-_VERSION: Final = re.compile(r"^2\.[0-9](\.[0-9])?$")
-_ACK_CODES: Final = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
-_PRINTABLE: Final = re.compile(r"^[\x20-\x7e]*$")
+_HD: Final = re.compile(rb"^[\x20-\x25\x27-\x5b\x5d\x5f-\x7d]*$")  # printable, none of ^ ~ \ &
+_MESSAGE_TYPE: Final = re.compile(rb"^[A-Z0-9]{2,3}(\^[A-Z0-9]{2,3}(\^[A-Z0-9_]{3,7})?)?$")
+_VERSION: Final = re.compile(rb"^2\.[0-9](\.[0-9])?$")
+# field number -> name and the pattern its value must match (`$` also lets one final "\n" through)
+_MSH_FIELDS: Final = {3: ("sending_app", _HD), 4: ("sending_facility", _HD), 5: ("receiving_app", _HD),
+                      6: ("receiving_facility", _HD), 9: ("message_type", _MESSAGE_TYPE),
+                      12: ("version", _VERSION)}
+_ACK_CODES: Final = frozenset({b"AA", b"AE", b"AR", b"CA", b"CE", b"CR"})
 
 
 def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:
@@ -83,16 +85,16 @@ def _header(message: bytes) -> Fields | None:
     if not separator or separator.isalnum() or separator in b"\r\n":
         raise ValueError("bad HL7 field separator")
     fields = message[4:msh_end].split(separator)
-    result: Fields = {}
     component = message[5:6] or b"^"
-    for index, name in _MSH_FIELDS.items():
-        if index - 1 < len(fields):
+    result: Fields = {}
+    for index, (name, pattern) in _MSH_FIELDS.items():
+        if index <= len(fields):
             raw = fields[index - 1]
             if name != "message_type":
-                raw = raw.split(component)[0]  # the namespace id of an HD field
-            value = _text(raw.replace(component, b"^"))
-            if value and _valid(name, value):
-                result[name] = value
+                raw = raw.partition(component)[0]  # the namespace id of an HD field
+            raw = raw.replace(component, b"^")
+            if raw and len(raw) <= MAX_FIELD and pattern.match(raw):
+                result[name] = raw.decode("ascii")
     if str(result.get("message_type", "")).startswith("ACK"):
         ack = _ack_code(message, msh_end, separator)
         if ack is None:
@@ -112,21 +114,5 @@ def _ack_code(message: bytes, msh_end: int, separator: bytes) -> str | None:
                     if i >= 0), default=-1)
     if code_end < 0:
         return None
-    code = _text(message[code_start:code_end])
-    return code if code in _ACK_CODES else ""
-
-
-def _text(raw: bytes) -> str:
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return ""
-    return text if len(text) <= MAX_FIELD and _PRINTABLE.match(text) else ""
-
-
-def _valid(name: str, value: str) -> bool:
-    if name == "message_type":
-        return bool(_MESSAGE_TYPE.match(value))
-    if name == "version":
-        return bool(_VERSION.match(value))
-    return not any(c in value for c in "^~\\&")
+    code = message[code_start:code_end]
+    return code.decode("ascii") if code in _ACK_CODES else ""

@@ -63,6 +63,36 @@ def test_dns_pointer_loop_is_refused() -> None:
         dns.parse(looping)
 
 
+def _labels(name: bytes) -> bytes:
+    return b"".join(bytes([len(label)]) + label for label in name.split(b".")) + b"\0"
+
+
+def test_dns_aaaa_answer_gives_the_ipv6_address() -> None:
+    """An AAAA answer is name=address in IPv6 text form."""
+    message = wardgen.dns_message(1, "pacs.ward.example", qtype=28, answers=["fd00::10"], response=True)
+    assert dns.parse(message)["answers"] == ["pacs.ward.example=fd00::10"]
+
+
+def test_dns_srv_answer_gives_target_and_port() -> None:
+    """An SRV answer (how mDNS devices announce services) is name->target:port."""
+    data = struct.pack("!HHH", 0, 0, 104) + _labels(b"pacs7.local")
+    record = _labels(b"_dicom._tcp.local") + struct.pack("!HHIH", 33, 1, 120, len(data)) + data
+    message = struct.pack("!HHHHHH", 0, 0x8400, 0, 1, 0, 0) + record
+    assert dns.parse(message)["answers"] == ["_dicom._tcp.local->pacs7.local:104"]
+
+
+def test_dns_unprintable_name_bytes_become_question_marks() -> None:
+    """Spaces, control bytes and bytes above ASCII in a label each read as '?'."""
+    message = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\x08pump 7\x00\xe9\0" + b"\0\x01\0\x01"
+    assert dns.parse(message)["questions"] == ["pump?7??"]
+
+
+def test_dns_root_name_reads_as_a_dot() -> None:
+    """The empty (root) name is '.'."""
+    message = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + b"\0" + b"\0\x02\0\x01"
+    assert dns.parse(message)["questions"] == ["."]
+
+
 def test_registry_picks_by_protocol_and_port() -> None:
     """Each hinter accepts its own traffic only."""
     names = {h.NAME for h in HINTERS if h.accepts("udp", 68, 67, _discover(), True)}

@@ -60,6 +60,19 @@ def test_other_separators_are_honoured() -> None:
     assert found[0]["message_type"] == "ADT^A01^ADT_A01" and found[0]["sending_app"] == "MONITOR"
 
 
+def test_hd_field_holding_a_repetition_escape_or_subcomponent_character_is_left_out() -> None:
+    """An application or facility with ~, \\ or & in it is not reported; a clean one still is."""
+    found = _feed_all([b"\x0bMSH|^~\\&|MON~ITOR|WA\\RD7|EN&GINE|HOSP|20260101||ADT^A01|M1|P|2.5\r\x1c\r"])
+    assert found == [{"receiving_facility": "HOSP", "message_type": "ADT^A01", "version": "2.5"}]
+
+
+def test_field_with_bytes_outside_printable_ascii_is_left_out() -> None:
+    """An MSH field holding a control byte or a byte above ASCII is not reported."""
+    found = _feed_all([b"\x0bMSH|^~\\&|MONIT\xd6R|WARD\x017|ENGINE|HOSP|20260101||ADT^A01|M1|P|2.5\r\x1c\r"])
+    assert found == [{"receiving_app": "ENGINE", "receiving_facility": "HOSP", "message_type": "ADT^A01",
+                      "version": "2.5"}]
+
+
 def test_accepts_mllp_on_any_port() -> None:
     """Detection is by the MLLP start byte and MSH, not by port."""
     assert hl7.accepts("tcp", 51000, 6661, _message(), True)

@@ -162,6 +162,14 @@ def test_unprintable_server_name_is_left_out() -> None:
     assert "sni" not in found[0] and str(found[0]["ja4"]).startswith("t13d")
 
 
+def test_server_name_entry_of_another_type_is_skipped() -> None:
+    """Only a host_name (type 0) entry of the SNI list is read; others before it are passed over."""
+    entries = b"\x01" + struct.pack("!H", 3) + b"abc" + b"\x00" + struct.pack("!H", 9) + b"pacs.ward"
+    body = _client_hello_body([0x1301], [(0x0000, struct.pack("!H", len(entries)) + entries)])
+    found, _ = _feed([(_record(1, body), True)])
+    assert found[0]["sni"] == "pacs.ward"
+
+
 def test_server_alert_ends_the_flow_quietly() -> None:
     """A server that answers with an alert gives nothing more, and the flow is done."""
     found, done = _feed([(spec_client_hello(), True), (b"\x15\x03\x03\x00\x02\x02\x28", False)])
