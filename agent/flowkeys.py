@@ -25,6 +25,7 @@ def flag_letters(flags: int) -> str:
 
 _FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
 _NO_MAC: Final = bytes(6)
+_ntoa: Final = socket.inet_ntoa
 
 
 def address(raw: bytes) -> str:
@@ -35,11 +36,18 @@ def address(raw: bytes) -> str:
 def flow_record(table: int, a_key: bytes, first: float, last: float, packets: tuple[int, int],
                 octets: tuple[int, int], flags: tuple[int, int], macs: bytes, end: str) -> FlowRecord:
     """The record of a finished flow; `macs` is a's MAC then b's, zeros where none was seen."""
-    proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
+    if len(a_key) == 12 and table != OTHER:  # untagged IPv4 TCP or UDP, most flows: describe_key inlined
+        proto: str | int = "tcp" if table == TCP else "udp"
+        a_text, b_text = _ntoa(a_key[:4]), _ntoa(a_key[4:8])
+        a_port, b_port = a_key[8] << 8 | a_key[9], a_key[10] << 8 | a_key[11]
+        vlans: tuple[int, ...] = ()
+    else:
+        proto, a_ip, a_port, b_ip, b_port, vlans = describe_key(table, a_key)
+        a_text, b_text = address(a_ip), address(b_ip)
     a_mac, b_mac = macs[:6], macs[6:]
     tcp = table == TCP
     return FlowRecord(
-        first, last, proto, address(a_ip), a_port, address(b_ip), b_port,
+        first, last, proto, a_text, a_port, b_text, b_port,
         None if a_mac == _NO_MAC else a_mac.hex(":"), None if b_mac == _NO_MAC else b_mac.hex(":"),
         vlans, packets[0], packets[1], octets[0], octets[1],
         _FLAG_STRINGS[flags[0]] if tcp else "", _FLAG_STRINGS[flags[1]] if tcp else "", end,

@@ -24,6 +24,7 @@ from typing import Final, cast
 
 from agent.decode import (
     DLT_EN10MB,
+    OTHER,
     TCP,
     UDP,
     VLAN_TPIDS,
@@ -366,7 +367,10 @@ class FlowTable(Expiry):
               segment: bytes = b"") -> None:
         if self.live >= self._max_flows:
             self._evict()
-        rkey = reverse_key(table, key)
+        if table != OTHER and len(key) == 12:  # untagged IPv4 TCP or UDP, most flows: reverse_key inlined
+            rkey = key[4:8] + key[:4] + key[10:12] + key[8:10]
+        else:
+            rkey = reverse_key(table, key)
         swapped = table == TCP and tcp_flags & 0x12 == 0x12  # a SYN-ACK seen first: its receiver began
         in_head = self._heads is not None and table <= UDP
         if self._continuing:
