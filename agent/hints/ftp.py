@@ -83,8 +83,10 @@ def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: 
         return False
     if PORT in (a_port, b_port):
         return True
+    if payload[:4] not in (b"220 ", b"220-"):  # before reading the line: most flows' first payload is bulk
+        return False
     first = payload.split(b"\n", 1)[0].upper()
-    return first[:4] in (b"220 ", b"220-") and b"FTP" in first and b"SMTP" not in first
+    return b"FTP" in first and b"SMTP" not in first
 
 
 def start(options: HintOptions) -> FtpFlow:
