@@ -5,6 +5,13 @@ with every list sorted, so that two runs over the same records give byte-identic
 collection is bounded (MAX_* below); a value that does not fit is dropped and counted by the
 inventory, never an older one replaced, so a device's record stops changing once it is full.
 
+Every change of content (anything a record shows except timestamps) goes through `mark_changed()`,
+which flags the device for the next delta and drops what is cached from the content: its sorted
+services, clinical and software sections (detectors ask for a record per flow; sorting them again
+each time was most of its cost) and its role and risk assessment (cached by agent.inventory). So
+`record()` sorts and agent.inventory classifies only after a change; each record is still a new
+set of dicts and lists, so whoever edits one cannot alter the cache or another record.
+
 Vendors come from the IEEE registry bundled with netaddr (pure Python, MA-L and IAB). A MAC whose
 locally-administered bit is set (random or virtual) has no registry entry and is marked as such.
 """
@@ -12,7 +19,7 @@ locally-administered bit is set (random or virtual) has no registry entry and is
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from netaddr import EUI  # type: ignore[import-untyped]
 from netaddr.core import AddrFormatError, NotRegisteredError  # type: ignore[import-untyped]
@@ -56,12 +63,32 @@ def _organisation(prefix: str) -> str | None:
         return None
 
 
+class Assessment(NamedTuple):
+    """A device's role and risks as agent.inventory computed them under `rules` (a RoleRules)."""
+
+    rules: object
+    role: str
+    confidence: float
+    evidence: tuple[str, ...]
+    risks: tuple[dict[str, Any], ...]
+    risk_score: int
+
+
+class _Content(NamedTuple):
+    """The sorted sections of a device's record, kept until its content changes; never handed out."""
+
+    hostname: str | None
+    services: dict[str, list[dict[str, Any]]]  # kind -> entries, each a flat dict
+    clinical: dict[str, dict[str, list[str]]]  # protocol -> key -> values
+    software: dict[str, list[str]]
+
+
 class DeviceState:
     """What the inventory knows about one device; mutated only by agent.inventory and its hint code."""
 
-    __slots__ = ("apps", "changed", "dicom", "first_seen", "hl7", "hl7_senders", "ip_total", "ips", "key",
-                 "last_seen", "logins", "names", "offered", "reported_at", "reported_last", "software",
-                 "used", "vendor")
+    __slots__ = ("_content", "apps", "assessment", "changed", "dicom", "first_seen", "hl7", "hl7_senders",
+                 "ip_total", "ips", "key", "last_seen", "logins", "names", "offered", "reported_at",
+                 "reported_last", "software", "used", "vendor")
 
     def __init__(self, key: str, ts: float) -> None:
         self.key = key
@@ -80,8 +107,16 @@ class DeviceState:
         self.hl7_senders: set[str] = set()
         self.logins: dict[tuple[str, str], list[int]] = {}  # (protocol, "client"|"server") -> [ok, failed, ?]
         self.changed = True  # something a delta must carry (not merely last_seen)
+        self.assessment: Assessment | None = None  # cached by agent.inventory, dropped on any change
+        self._content: _Content | None = None  # the record's sorted sections, dropped on any change
         self.reported_at = float("-inf")
         self.reported_last = float("-inf")
+
+    def mark_changed(self) -> None:
+        """The content changed: the next delta carries the device, and its role and risks are stale."""
+        self.changed = True
+        self.assessment = None
+        self._content = None
 
     def add_ip(self, ip: str, first: float, last: float) -> bool:
         """Note an address seen between first and last; False when the history was full."""
@@ -96,7 +131,7 @@ class DeviceState:
         if len(self.ips) >= MAX_IPS:
             return False
         self.ips[ip] = [first, last]
-        self.changed = True
+        self.mark_changed()
         return True
 
     def add_value(self, table: dict[str, set[str]], key: str, value: str) -> bool:
@@ -109,7 +144,7 @@ class DeviceState:
         if len(values) >= MAX_VALUES:
             return False
         values.add(value)
-        self.changed = True
+        self.mark_changed()
         return True
 
     def add_service(self, services: set[Service], service: Service) -> bool:
@@ -118,18 +153,30 @@ class DeviceState:
         if len(services) >= MAX_SERVICES:
             return False
         services.add(service)
-        self.changed = True
+        self.mark_changed()
         return True
+
+    def set_app(self, service: Service, app: str) -> None:
+        """Name the application a hint saw on one of the device's ports; a full table keeps what it has."""
+        if self.apps.get(service) != app and len(self.apps) < MAX_SERVICES:
+            self.apps[service] = app
+            self.mark_changed()
+
+    def add_hl7_sender(self, peer: str) -> None:
+        """Note a peer that sent this device HL7 messages (bounded)."""
+        if peer not in self.hl7_senders and len(self.hl7_senders) < MAX_PEERS:
+            self.hl7_senders.add(peer)
+            self.mark_changed()
 
     def set_name(self, source: str, name: str) -> None:
         if name and self.names.get(source) != name:
             self.names[source] = name
-            self.changed = True
+            self.mark_changed()
 
     def count_login(self, protocol: str, side: str, outcome: str) -> None:
         counts = self.logins.setdefault((protocol, side), [0, 0, 0])
         counts[{"success": 0, "failure": 1}.get(outcome, 2)] += 1
-        self.changed = True
+        self.mark_changed()
 
     @property
     def hostname(self) -> str | None:
@@ -139,38 +186,48 @@ class DeviceState:
         return None
 
     def record(self) -> dict[str, Any]:
-        """The device record without role and risks (agent.inventory adds those)."""
+        """The device record without role and risks (agent.inventory adds those), all of it new."""
+        content = self._content
+        if content is None:
+            content = self._content = self._sections()
         return {
             "type": "device", "mac": self.key,
             "ips": [{"ip": ip, "first_seen": seen[0], "last_seen": seen[1]}
                     for ip, seen in sorted(self.ips.items())],
-            "vendor": self.vendor, "hostname": self.hostname,
+            "vendor": self.vendor, "hostname": content.hostname,
             "role": "unknown", "role_confidence": 0.0, "role_evidence": [],
-            "services": self._services(),
-            "clinical": self._clinical(),
-            "software": {key: sorted(values) for key, values in sorted(self.software.items()) if values},
+            "services": {kind: [dict(entry) for entry in entries]
+                         for kind, entries in content.services.items()},
+            "clinical": {protocol: {key: list(values) for key, values in table.items()}
+                         for protocol, table in content.clinical.items()},
+            "software": {key: list(values) for key, values in content.software.items()},
             "risks": [], "risk_score": 0,
             "first_seen": self.first_seen, "last_seen": self.last_seen,
         }
 
-    def _services(self) -> dict[str, Any]:
+    def _sections(self) -> _Content:
+        """What the record shows besides addresses and times, sorted (the costly part of a record)."""
+        software = {key: sorted(values) for key, values in sorted(self.software.items()) if values}
+        return _Content(self.hostname, self._services(), self._clinical(), software)
+
+    def _services(self) -> dict[str, list[dict[str, Any]]]:
         def listing(services: set[Service]) -> list[dict[str, Any]]:
             return [{"proto": proto, "port": port, "app": self.apps.get((proto, port))}
                     for proto, port in sorted(services, key=lambda s: (str(s[0]), s[1]))]
 
-        services: dict[str, Any] = {"offered": listing(self.offered), "used": listing(self.used)}
+        services = {"offered": listing(self.offered), "used": listing(self.used)}
         if self.logins:
             services["cleartext_logins"] = [
                 {"protocol": protocol, "as": side, "success": c[0], "failure": c[1], "unknown": c[2]}
                 for (protocol, side), c in sorted(self.logins.items())]
         return services
 
-    def _clinical(self) -> dict[str, Any]:
-        clinical: dict[str, Any] = {}
+    def _clinical(self) -> dict[str, dict[str, list[str]]]:
+        clinical: dict[str, dict[str, list[str]]] = {}
         if self.dicom:
             clinical["dicom"] = {key: sorted(values) for key, values in sorted(self.dicom.items())}
         if self.hl7 or self.hl7_senders:
-            hl7: dict[str, Any] = {key: sorted(values) for key, values in sorted(self.hl7.items())}
+            hl7 = {key: sorted(values) for key, values in sorted(self.hl7.items())}
             if self.hl7_senders:
                 hl7["senders"] = sorted(self.hl7_senders)
             clinical["hl7"] = hl7

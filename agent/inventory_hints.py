@@ -6,6 +6,10 @@ hinters evolve, the inventory must not fall over. Orientation: a hint's `src` se
 `initiator` says whether it opened the flow, so the server side of a hint is `dst` when the sender
 initiated and `src` otherwise. User names in login hints are never stored here. Naming and address
 hints (ARP, DHCP, mDNS, NBNS, SSDP, LLDP, CDP) are handled in agent.inventory_names.
+
+Cost: `apply` runs once per hint (a DNS-heavy ward makes one per message), so dispatch is one set
+test for the common hints that carry none of the dispatch keys, and `add` returns early, without
+touching the device, when the value is already known (most hints repeat what a device said before).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from agent.inventory_device import MAX_PEERS, MAX_SERVICES, DeviceState
+from agent.inventory_device import DeviceState
 from agent.inventory_names import arp, cdp, dhcp, dns, lldp, nbns, ssdp, text
 from agent.records import Counters, ProtoHint
 
@@ -41,7 +45,9 @@ class HintApplier:
 
     def apply(self, hint: ProtoHint, src: DeviceState | None, dst: DeviceState | None) -> None:
         fields = hint.fields
-        handler = next((h for key, h in _BY_KEY if key in fields), None) or _BY_APP.get(hint.app)
+        handler = None if _KEYS.isdisjoint(fields) else _by_key(fields)
+        if handler is None:
+            handler = _BY_APP.get(hint.app)
         self._label_service(hint, src, dst)
         if handler is None:
             self.owner.counters.add("inventory.hints_unused")
@@ -49,11 +55,22 @@ class HintApplier:
         handler(self, hint, src, dst)
 
     def add(self, device: DeviceState | None, key: str, value: Any, table: str = "software") -> None:
-        """A text value under key in one of the device's bounded tables; drops are counted."""
-        if device is None or not isinstance(value, str | int) or isinstance(value, bool):
+        """A text value under key in one of the device's bounded tables; drops are counted.
+
+        Whitespace runs become one space and the text is cut at MAX_TEXT; booleans are no text.
+        """
+        if device is None:
             return
-        text = " ".join(str(value).split())[:MAX_TEXT]
-        if text and not device.add_value(getattr(device, table), key, text):
+        if type(value) is not str:  # the common case first; then the exact rule for the others
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                return
+            value = str(value)
+        values = getattr(device, table)
+        known = values.get(key)
+        if known is not None and value in known:  # what is stored is normalised, so this value is too
+            return
+        text = " ".join(value.split())[:MAX_TEXT]
+        if text and not device.add_value(values, key, text):
             self.owner.counters.add("inventory.values_dropped")
 
     def add_all(self, device: DeviceState | None, key: str, values: Any, table: str = "software") -> None:
@@ -66,18 +83,18 @@ class HintApplier:
         The server port is the receiver's when the sender opened the flow, unless the other port is a
         lower well-known one (a DHCP reply opens its own flow from port 67 to 68).
         """
+        if hint.proto not in ("tcp", "udp"):
+            return
         port, other = (hint.dst_port, hint.src_port) if hint.initiator else (hint.src_port, hint.dst_port)
         if 0 < other < 1024 and other < port:
             port = other
-        if not port or hint.proto not in ("tcp", "udp"):
+        if not port:
             return
-        service = (str(hint.proto), port)
-        for device in (src, dst):
-            if device is None or device.apps.get(service) == hint.app:
-                continue
-            if len(device.apps) < MAX_SERVICES:
-                device.apps[service] = hint.app
-                device.changed = True
+        service, app = (str(hint.proto), port), hint.app
+        if src is not None and src.apps.get(service) != app:
+            src.set_app(service, app)
+        if dst is not None and dst.apps.get(service) != app:
+            dst.set_app(service, app)
 
 
 def _sides(hint: ProtoHint, src: DeviceState | None,
@@ -169,16 +186,22 @@ def _hl7(ap: HintApplier, hint: ProtoHint, src: DeviceState | None, dst: DeviceS
     if kind.startswith("ACK"):
         ap.add(src, "acks_sent", f.get("ack_code") or "?", "hl7")
     elif dst is not None and kind:
-        peer = hint.src_ip or hint.src_mac or "?"
-        if peer not in dst.hl7_senders and len(dst.hl7_senders) < MAX_PEERS:
-            dst.hl7_senders.add(peer)
-            dst.changed = True
+        dst.add_hl7_sender(hint.src_ip or hint.src_mac or "?")
 
 
 _BY_KEY: Final[tuple[tuple[str, Handler], ...]] = (
     ("login", _login), ("arp", arp), ("dicom", _dicom), ("tls", _tls), ("http", _http), ("smb", _smb),
     ("nbns", nbns), ("ssdp", ssdp), ("ftp", _ftp), ("system_name", lldp), ("chassis_id", lldp),
     ("device_id", cdp))
+_KEYS: Final = frozenset(key for key, _ in _BY_KEY)
 _BY_APP: Final[dict[str, Handler]] = {
     "arp": arp, "dhcp": dhcp, "dns": dns, "mdns": dns, "hl7": _hl7, "lldp": lldp, "cdp": cdp, "nbns": nbns,
     "ssdp": ssdp}
+
+
+def _by_key(fields: dict[str, Any]) -> Handler | None:
+    """The handler of the first dispatch key (in _BY_KEY order) among the hint's fields."""
+    for key, handler in _BY_KEY:
+        if key in fields:
+            return handler
+    return None

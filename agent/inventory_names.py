@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 from agent.inventory_device import DeviceState
@@ -49,8 +50,14 @@ def dhcp(ap: HintApplier, hint: ProtoHint, src: DeviceState | None, dst: DeviceS
 
 def address(value: Any) -> str:
     """A valid IP address in its canonical text, or ""."""
+    return _canonical(value.strip()) if isinstance(value, str) else ""
+
+
+@lru_cache(maxsize=4096)
+def _canonical(value: str) -> str:
+    """Parsing an address costs microseconds, and ARP and DHCP repeat the same few all day."""
     try:
-        return str(ipaddress.ip_address(text(value)))
+        return str(ipaddress.ip_address(value))
     except ValueError:
         return ""
 
