@@ -1,4 +1,4 @@
-"""The flow table's fast path (flows.py `_ingest_ethernet`) against the general path (decode.py).
+"""The flow table's fast path (fastpath.py) against the general path (decode.py).
 
 The fast path reads fixed offsets for IPv4 and IPv6 TCP/UDP under up to two VLAN tags; whatever it
 takes, it must count exactly as the decoder would, hints included. Random frames over every

@@ -1,0 +1,167 @@
+"""The flow table's fast path (DESIGN.md section 1): known flows' packets on Ethernet, inlined by hand.
+
+A mixin of FlowTable, which owns the columns it reads (see flows.py for their layout). It counts
+IPv4 and IPv6 TCP/UDP packets of flows the table knows, under up to two VLAN tags, with a few
+bytes read at fixed offsets and one dict lookup; everything else, and everything the decoder
+would skip or treat specially, goes to FlowTable._slow, and a flow in its head (flowhead.py) to
+FlowTable._account. tests/unit/test_fast_path.py holds it to the general path, hints included.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import Final
+
+from agent.decode import TCP, UDP, VLAN_TPIDS
+from agent.expiry import US
+from agent.flowhead import HEAD
+from agent.tunnels import TUNNEL_PORTS
+
+PKT_BITS: Final = 28  # a direction's packet count sits in the low bits of its counter, bytes above
+HEADER_BYTES: Final = 80  # enough for Ethernet, two VLAN tags, IPv6 and the TCP flags
+META_RECORDS: Final = struct.Struct("=IIII").iter_unpack  # next_batch's (sec, usec, offset, caplen)
+
+
+class EthernetFastPath:
+    """FlowTable's `_ingest_ethernet`; the attributes and methods below are FlowTable's."""
+
+    _now: int
+    _tick: int
+    _tables: tuple[dict[bytes, int], ...]
+    _count: array[int]
+    _flags: bytearray
+    _last: array[int]
+
+    def _clock(self, t: int, now: int) -> int:
+        raise NotImplementedError
+
+    def _slow(self, frame: bytes, t: int) -> None:
+        raise NotImplementedError
+
+    def _account(self, table: int, key: bytes, iplen: int, tcp_flags: int, macs: bytes, t: int,
+                 segment: bytes = b"") -> None:
+        raise NotImplementedError
+
+    def _ingest_ethernet(self, pk: bytes, meta: bytes) -> None:
+        """The fast path, inlined by hand: IPv4 or IPv6 TCP/UDP on known flows, under up to two VLAN tags.
+
+        Untagged IPv4, most of the traffic, has its own copy with constant offsets. Whatever the
+        decoder would skip or treat specially (IPv4 options, IPv6 extension headers, fragments,
+        tagged priorities, tunnel ports, a TCP header not wholly inside the packet) takes `slow`.
+        """
+        now, tick, slow, account = self._now, self._tick, self._slow, self._account
+        tcp_get, udp_get = self._tables[TCP].get, self._tables[UDP].get
+        count, flags, last = self._count, self._flags, self._last
+        for sec, usec, off, cl in META_RECORDS(meta):
+            t = sec * US + usec
+            if not now <= t < tick:
+                t = self._clock(t, now)
+                tick = self._tick
+            now = t
+            d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
+            try:
+                if (cl > 53 and d[12] == 8 and d[13] == 0 and d[14] == 69 and not (d[20] & 63 or d[21])
+                        and (d[16] or d[17] > 33)):
+                    p = d[23]
+                    if p == 6:
+                        n = d[16] << 8 | d[17]
+                        h = d[46] >> 2 & 60
+                        if not 20 <= h <= cl - 34 or h > n - 20:  # a bad or cut header: decode counts it
+                            slow(pk[off:off + cl], t)
+                            continue
+                        k = d[26:38]
+                        f = d[47]
+                        j = tcp_get(k)
+                        if j is not None and not f & 7:
+                            try:
+                                count[j] += n << PKT_BITS | 1
+                            except IndexError:  # a flow in its head (flowhead.py): payload to the hinters
+                                if n > 20 + h:
+                                    end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
+                                    account(TCP, k, n, f, d[:12], t, pk[off + 34:off + end])
+                                    continue
+                                j -= HEAD
+                                count[j] += n << PKT_BITS | 1
+                            flags[j] |= f
+                            last[j] = t
+                        else:
+                            end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
+                            account(TCP, k, n, f, d[:12], t, pk[off + 34:off + end])
+                        continue
+                    if p == 17:
+                        k = d[26:38]
+                        j = udp_get(k)
+                        if j is not None:
+                            try:
+                                count[j] += d[16] << 36 | d[17] << 28 | 1
+                            except IndexError:  # a flow in its head (flowhead.py)
+                                n = d[16] << 8 | d[17]
+                                end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
+                                account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + end])
+                                continue
+                            last[j] = t
+                        elif d[34] << 8 | d[35] in TUNNEL_PORTS or d[36] << 8 | d[37] in TUNNEL_PORTS:
+                            slow(pk[off:off + cl], t)
+                        else:
+                            n = d[16] << 8 | d[17]
+                            end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
+                            account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + end])
+                        continue
+                elif cl > 53:  # the same steps with the IP header at offset o and the VLAN ids in tg
+                    o, tg, e = 14, b"", d[12] << 8 | d[13]
+                    if e in VLAN_TPIDS and d[14] < 16:  # priority 0: the tag's bytes are the VLAN id
+                        o, tg, e = 18, d[14:16], d[16] << 8 | d[17]
+                        if e in VLAN_TPIDS and d[18] < 16:
+                            o, tg, e = 22, d[14:16] + d[18:20], d[20] << 8 | d[21]
+                    if (e == 0x0800 and cl >= o + 40 and d[o] == 69 and not (d[o + 6] & 63 or d[o + 7])
+                            and (d[o + 2] or d[o + 3] > 33)):
+                        p, at, n, k = d[o + 9], o + 20, d[o + 2] << 8 | d[o + 3], d[o + 12:o + 24] + tg
+                    elif e == 0x86DD and cl >= o + 60 and d[o] >> 4 == 6:
+                        p, at, n, k = d[o + 6], o + 40, 40 + (d[o + 4] << 8 | d[o + 5]), d[o + 8:o + 44] + tg
+                    else:
+                        p = 0
+                    if p == 6:
+                        h = d[at + 12] >> 2 & 60
+                        if not 20 <= h <= cl - at or h > n - at + o:
+                            slow(pk[off:off + cl], t)
+                            continue
+                        f = d[at + 13]
+                        j = tcp_get(k)
+                        if j is not None and not f & 7:
+                            try:
+                                count[j] += n << PKT_BITS | 1
+                            except IndexError:
+                                if n > at - o + h:
+                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                    account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
+                                    continue
+                                j -= HEAD
+                                count[j] += n << PKT_BITS | 1
+                            flags[j] |= f
+                            last[j] = t
+                        else:
+                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                            account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
+                        continue
+                    if p == 17 and n >= at - o + 8:
+                        j = udp_get(k)
+                        if j is not None:
+                            try:
+                                count[j] += n << PKT_BITS | 1
+                            except IndexError:
+                                end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
+                                continue
+                            last[j] = t
+                        elif (d[at] << 8 | d[at + 1] in TUNNEL_PORTS
+                              or d[at + 2] << 8 | d[at + 3] in TUNNEL_PORTS):
+                            slow(pk[off:off + cl], t)
+                        else:
+                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                            account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
+                        continue
+                slow(pk[off:off + cl], t)
+            except OverflowError:  # a byte counter is full: _account cuts that flow and starts afresh
+                slow(pk[off:off + cl], t)
+        self._now = now
