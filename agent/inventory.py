@@ -151,16 +151,9 @@ class Inventory:
             device = self._create(key, first)
         if last > device.last_seen:
             device.last_seen = last
-        if local and ip is not None:  # attribute the address (DeviceState.add_ip, inlined for known ones)
-            seen = device.ips.get(ip)
-            if seen is None:
-                if not device.add_ip(ip, first, last):
-                    self.counters.add("inventory.ips_dropped")
-            else:
-                if last > seen[1]:
-                    seen[1] = last
-                if first < seen[0]:
-                    seen[0] = first
+        if local and ip is not None:  # attribute the address
+            if not device.add_ip(ip, first, last):
+                self.counters.add("inventory.ips_dropped")
             by_ip = self._by_ip
             if len(by_ip) >= _MAX_LOCAL_CACHE:
                 by_ip.clear()

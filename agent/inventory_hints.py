@@ -90,11 +90,10 @@ class HintApplier:
             port = other
         if not port:
             return
-        service, app = (str(hint.proto), port), hint.app
-        if src is not None and src.apps.get(service) != app:
-            src.set_app(service, app)
-        if dst is not None and dst.apps.get(service) != app:
-            dst.set_app(service, app)
+        service = (str(hint.proto), port)
+        for device in (src, dst):
+            if device is not None:
+                device.set_app(service, hint.app)
 
 
 def _sides(hint: ProtoHint, src: DeviceState | None,
