@@ -6,12 +6,13 @@ as ticks (packet time, so a replay and a live run of the same packets raise the 
 device deltas once a minute of packet time, and `finish()` at the end of a capture or at
 shutdown, which reports the episodes still held open (a scan reported once it went quiet).
 
-Cost (scripts/bench.py measures it against the pipeline without detectors): device deltas are
-built only when some detector takes them (the learned one; building every changed device's record
-once a minute is the dearest part of the glue), and the context remembers the device records it
-built until the next record or tick reaches the detection: the inventory cannot change in between,
-and the findings of one tick (a scan report names two devices twice: summary and roles) ask for the
-same few devices again and again.
+Cost (scripts/bench.py measures it against the pipeline without detectors): flows and hints go
+straight to the engine's methods, which hand what passes their filters to the sink themselves, so a
+record costs no call of this module. Device deltas are built only when some detector takes them
+(the learned one; building every changed device's record once a minute is the dearest part of the
+glue), and the context remembers the device records it built until the inventory changes: the
+findings of one tick (a scan report names two devices twice: summary and roles) ask for the same
+few devices again and again.
 """
 
 from __future__ import annotations
@@ -33,35 +34,43 @@ DEVICE_EVERY = 60  # seconds of packet time between device deltas to the detecto
 class InventoryContext:
     """What detectors may ask the inventory (agent.detectors.base.Context); empty without one.
 
-    Records are remembered in `by_key` / `by_ip` until `forget()`, which the caller must call
-    whenever the inventory may have changed (Detection does, at each record and tick). Detectors
-    only read the records, so handing one dict to several of them is safe.
+    Records are remembered in `by_key` / `by_ip` until the inventory changes (its `version` moves
+    on each flow and hint it takes). Detectors only read the records, so handing one dict to several
+    of them is safe.
     """
 
     def __init__(self, inventory: Inventory | None) -> None:
         self._inventory = inventory
+        self._version = -1
         self.by_key: dict[str, dict[str, Any] | None] = {}
         self.by_ip: dict[str, dict[str, Any] | None] = {}
 
     def device(self, key: str) -> dict[str, Any] | None:
-        if self._inventory is None:
+        inventory = self._inventory
+        if inventory is None:
             return None
-        if key in self.by_key:
+        if inventory.version != self._version:
+            self._forget(inventory.version)
+        elif key in self.by_key:
             return self.by_key[key]
-        record = self.by_key[key] = self._inventory.device_record(key)
+        record = self.by_key[key] = inventory.device_record(key)
         return record
 
     def device_of_ip(self, ip: str) -> dict[str, Any] | None:
-        if self._inventory is None:
+        inventory = self._inventory
+        if inventory is None:
             return None
-        if ip in self.by_ip:
+        if inventory.version != self._version:
+            self._forget(inventory.version)
+        elif ip in self.by_ip:
             return self.by_ip[ip]
-        record = self.by_ip[ip] = self._inventory.device_of_ip(ip)
+        record = self.by_ip[ip] = inventory.device_of_ip(ip)
         return record
 
-    def forget(self) -> None:
+    def _forget(self, version: int) -> None:
         self.by_key.clear()
         self.by_ip.clear()
+        self._version = version
 
 
 def with_site_files(settings: DetectorSettings, baseline: str | None, policy: str | None) -> DetectorSettings:
@@ -77,7 +86,10 @@ def with_site_files(settings: DetectorSettings, baseline: str | None, policy: st
 
 
 class Detection:
-    """The engine with its sinks; `extra` adds detectors built elsewhere (learned ones, the policy)."""
+    """The engine with its sinks; `extra` adds detectors built elsewhere (learned ones, the policy).
+
+    `flow` and `hint` are the engine's own methods: call them with each finished flow and hint.
+    """
 
     def __init__(self, settings: DetectorSettings, inventory: Inventory | None, counters: Counters,
                  on_finding: Callable[[Finding], None], extra: dict[str, Detector] | None = None,
@@ -90,49 +102,26 @@ class Detection:
         if problems or more:  # config.parse checked these already
             raise ValueError("; ".join(problems + more))
         self.engine = DetectorEngine({**detectors, **(extra or {})}, counters, settings.suppress_seconds,
-                                     settings.max_per_minute, allow)
+                                     settings.max_per_minute, allow, on_finding=on_finding)
         self._inventory = inventory if device_deltas and self.engine.wants_devices else None
-        self._on_finding = on_finding
         self._next_devices = 0
-        self._on_flow, self._on_hint = self.engine.on_flow, self.engine.on_hint
-        self._by_key, self._by_ip = self.context.by_key, self.context.by_ip
-
-    def flow(self, record: FlowRecord) -> None:
-        if self._by_key or self._by_ip:
-            self.context.forget()
-        found = self._on_flow(record)
-        if found:
-            self._emit(found)
-
-    def hint(self, hint: ProtoHint) -> None:
-        if self._by_key or self._by_ip:
-            self.context.forget()
-        found = self._on_hint(hint)
-        if found:
-            self._emit(found)
+        self.flow: Callable[[FlowRecord], object] = self.engine.on_flow
+        self.hint: Callable[[ProtoHint], object] = self.engine.on_hint
 
     def devices(self, changed: list[dict[str, Any]]) -> None:
-        self.context.forget()
         if not self.engine.wants_devices:
             return
         for device in changed:
-            self._emit(self.engine.on_device(device))
+            self.engine.on_device(device)
 
     def second(self, now: int) -> None:
         """Packet time entered second `now`: a tick, and device deltas once a minute (when wanted)."""
-        self.context.forget()
-        self._emit(self.engine.tick(float(now)))
+        self.engine.tick(float(now))
         if self._inventory is not None and now >= self._next_devices:
             self._next_devices = now + DEVICE_EVERY
             self.devices(self._inventory.delta(float(now)))
 
     def finish(self) -> None:
-        self.context.forget()
         if self._inventory is not None:
             self.devices(self._inventory.delta(float(self._next_devices)))
-        self.context.forget()
-        self._emit(self.engine.finish())
-
-    def _emit(self, findings: list[Finding]) -> None:
-        for finding in findings:
-            self._on_finding(finding)
+        self.engine.finish()

@@ -63,7 +63,7 @@ class FlowHeads:
     """Head state of the flows the table holds in their head, by slot."""
 
     def __init__(self, settings: HintSettings, hinters: Sequence[HinterModule],
-                 on_hint: Callable[[ProtoHint], None], counters: Counters,
+                 on_hint: Callable[[ProtoHint], object], counters: Counters,
                  ports: Callable[[int], Ports], context: Callable[[int], FlowContext]) -> None:
         self._all_hinters = tuple(hinters)
         self._hinters = tuple(h for h in hinters if h.NAME not in settings.disabled)

@@ -58,7 +58,7 @@ class FlowTable(Expiry, EthernetFastPath):
 
     def __init__(self, settings: FlowSettings, emit: Callable[[FlowRecord], None], counters: Counters,
                  linktype: int = DLT_EN10MB, fast_path: bool = True,
-                 on_hint: Callable[[ProtoHint], None] | None = None,
+                 on_hint: Callable[[ProtoHint], object] | None = None,
                  hints: HintSettings | None = None) -> None:
         self._emit = emit
         self._counters = counters

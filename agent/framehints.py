@@ -28,7 +28,7 @@ _ARP_OPS: Final = {1: "request", 2: "reply"}
 class FrameHints:
     """Reads the non-IP frames the flow table passes on; emits ProtoHints."""
 
-    def __init__(self, on_hint: Callable[[ProtoHint], None], counters: Counters) -> None:
+    def __init__(self, on_hint: Callable[[ProtoHint], object], counters: Counters) -> None:
         self._on_hint = on_hint
         self._counters = counters
         self._last_advert: dict[str, int] = {}

@@ -70,10 +70,12 @@ class Inventory:
         self._local: dict[str, bool] = {}
         self._by_ip: dict[str, str] = {}  # address -> key of the device that last held it
         self._apply_hint = HintApplier(self).apply
+        self.version = 0  # counts changes: a reader holding records built earlier can tell they may be stale
 
     def reconfigure(self, max_devices: int, rules: RoleRules, local_networks: Sequence[str],
                     refresh: float) -> None:
         """New bounds, rules and networks for a running inventory; its devices are kept."""
+        self.version += 1
         self.max_devices, self.rules, self._refresh = max_devices, rules, refresh  # new rules: reassess
         self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in local_networks)
         self._local.clear()
@@ -86,6 +88,7 @@ class Inventory:
 
     def on_flow(self, flow: FlowRecord) -> None:
         """One finished flow: touch both sides, attribute local addresses, note an answered service."""
+        self.version += 1
         local = self._local
         a_local = local.get(flow.a_ip)
         if a_local is None:
@@ -112,6 +115,7 @@ class Inventory:
 
     def on_hint(self, hint: ProtoHint) -> None:
         """One protocol hint: names, fingerprints, software, clinical context and logins of its two sides."""
+        self.version += 1
         self.counters.add("inventory.hints")
         ts = hint.ts
         src = self._hint_side(hint.src_mac, hint.src_ip, ts)

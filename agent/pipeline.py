@@ -87,8 +87,8 @@ def build_inventory(settings: AgentConfig, totals: RunTotals) -> Inventory:
                      counters=totals.counters)
 
 
-def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRecord], None],
-           fast_path: bool = True, on_hint: Callable[[ProtoHint], None] | None = None,
+def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRecord], object],
+           fast_path: bool = True, on_hint: Callable[[ProtoHint], object] | None = None,
            inventory: Inventory | None = None, totals: RunTotals | None = None,
            detection: Detection | None = None) -> RunTotals:
     """Run the pipeline over capture files in order, as one stream of packets; never raises on traffic.
@@ -141,7 +141,7 @@ def replay(paths: Sequence[str], config: AgentConfig, on_flow: Callable[[FlowRec
     return totals
 
 
-def fan_out(sinks: list[Callable[[T], None]]) -> Callable[[T], None]:
+def fan_out(sinks: Sequence[Callable[[T], object]]) -> Callable[[T], object]:
     """One callable handing each record to every sink in order."""
     if len(sinks) == 1:
         return sinks[0]

@@ -11,6 +11,8 @@ counted in the shared Counters:
    reported again once its window has passed;
 4. a global rate limit of `max_per_minute` findings in any 60 s of packet time (`findings.rate_limited`).
 
+Each method returns the findings that passed, and hands each to `on_finding` first when given one.
+
 A detector that raises is counted (`detectors.errors.<name>`), logged at most once a minute of wall
 time, and skipped for that record; the others still run. Optional detector attributes, read once at
 construction: `counters` (the detector's own Counters: evictions and the like), copied under
@@ -95,8 +97,10 @@ class DetectorEngine:
 
     def __init__(self, detectors: Mapping[str, Detector], counters: Counters, suppress_seconds: float = 3600,
                  max_per_minute: int = 60, allow: Sequence[AllowRule] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_finding: Callable[[Finding], None] | None = None) -> None:
         self._detectors = dict(detectors)
+        self._on_finding = on_finding
         self._counters = counters
         self._suppress = suppress_seconds
         self._max_per_minute = max_per_minute
@@ -219,6 +223,8 @@ class DetectorEngine:
             counters.add("findings.emitted")
             counters.add("findings." + finding.kind)
             passed.append(finding)
+            if self._on_finding is not None:
+                self._on_finding(finding)
         return passed
 
 
