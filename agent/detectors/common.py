@@ -151,6 +151,57 @@ class Episode:
         return self.seen if self.seen is not None else set(self.recent)
 
 
+Sighting = tuple[Hashable, float, float, float]  # (item, clock, first, last): an episode of one event
+
+
+class Episodes(Bounded[K, Episode | Sighting]):
+    """Bounded episodes by key, each held as a plain Sighting tuple until its second event.
+
+    The same Episode.add semantics, cheaper where most keys see one event: a port scan touches
+    each (source, service) pair once, a host sweep each (source, target) pair. A tuple costs a
+    fraction of an Episode with its dicts, in time and memory.
+    """
+
+    __slots__ = ()
+
+    def add(self, key: K, item: Hashable, clock: float, first: float, last: float, window: float,
+            threshold: int, cap: int) -> Episode | None:
+        """Episode.add on the episode of `key` (made if new, now the most recently used); returns the
+        episode when this event made it cross `threshold`, else None."""
+        items = self._items
+        held = items.get(key)
+        if held is None:
+            if len(items) >= self._limit:
+                items.popitem(last=False)
+                counts = self._counts
+                counts[self._name] = counts.get(self._name, 0) + 1
+            items[key] = (item, clock, first, last)
+            return None
+        items.move_to_end(key)
+        if isinstance(held, tuple):
+            if held[0] == item:  # Episode.add would empty its window and restart with this event
+                items[key] = (item, clock, first, last)
+                return None
+            held = items[key] = _episode_of(held)
+        return held if held.add(item, clock, first, last, window, threshold, cap) else None
+
+    def episode(self, key: K) -> Episode | None:
+        """The episode of `key` as an Episode (a held Sighting becomes one), None if there is none."""
+        held = self._items.get(key)
+        if isinstance(held, tuple):
+            held = self._items[key] = _episode_of(held)
+        return held
+
+
+def _episode_of(sighting: Sighting) -> Episode:
+    """The Episode that Episode.add would have built from this one event."""
+    episode = Episode()
+    item, episode.touched, episode.first, episode.last = sighting
+    episode.recent[item] = episode.touched
+    episode.events = 1
+    return episode
+
+
 def role_of(context: Context, ip: str | None) -> str | None:
     """The device's clinical role at `ip`, None when unknown (no device, or role "unknown")."""
     if ip is None:

@@ -35,7 +35,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.detectors.base import Context, Device
-from agent.detectors.common import Bounded, Draft, Episode, describe, is_group, make_finding, seconds
+from agent.detectors.common import (
+    Bounded,
+    Draft,
+    Episode,
+    Episodes,
+    describe,
+    is_group,
+    make_finding,
+    seconds,
+)
 from agent.records import Counters, Finding, FlowRecord, ProtoHint
 
 NAME: Final = "scan"
@@ -95,10 +104,10 @@ class ScanDetector:
         self._s = settings
         self._context = context
         self._clock = float("-inf")
-        self._targets: Bounded[tuple[str, str], Episode] = Bounded(settings.max_sources, self.counters,
-                                                                    "evicted.targets")
-        self._services: Bounded[tuple[str, Any, int], Episode] = Bounded(settings.max_sources, self.counters,
-                                                                         "evicted.services")
+        self._targets: Episodes[tuple[str, str]] = Episodes(settings.max_sources, self.counters,
+                                                             "evicted.targets")
+        self._services: Episodes[tuple[str, Any, int]] = Episodes(settings.max_sources, self.counters,
+                                                                  "evicted.services")
         self._dhcp_servers: Bounded[str, bool] = Bounded(settings.max_dhcp_servers, self.counters,
                                                          "evicted.dhcp_servers")
         self._pending: dict[tuple[Any, ...], tuple[Episode, FlowRecord | ProtoHint]] = {}
@@ -124,21 +133,24 @@ class ScanDetector:
             if _ECHO.get(proto if isinstance(proto, str) else "") == flow.a_port and not is_group(flow.b_ip) \
                     and self._dhcp_servers.get(flow.a_ip) is None:
                 s = self._s
-                service = self._services.touch((flow.a_ip, proto, flow.a_port), Episode)
-                if service.add(flow.b_ip, self._clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
+                service = self._services.add((flow.a_ip, proto, flow.a_port), flow.b_ip, self._clock,
+                                             flow.first, flow.last, s.window, s.hosts, s.max_items)
+                if service is not None:
                     self._pending[("sweep", flow.a_ip, proto, flow.a_port)] = (service, flow)
             return []
         if is_group(flow.b_ip):
             return []
         s, clock = self._s, self._clock
         a_ip, b_ip, b_port = flow.a_ip, flow.b_ip, flow.b_port
-        target = self._targets.touch((a_ip, b_ip), Episode)
-        if target.add(b_port, clock, flow.first, flow.last, s.window, s.ports, s.max_items):
+        target = self._targets.add((a_ip, b_ip), b_port, clock, flow.first, flow.last, s.window, s.ports,
+                                   s.max_items)
+        if target is not None:
             self._pending[("port", a_ip, b_ip)] = (target, flow)
-        if "S" in flow.b_flags:
-            target.extra["open"] = target.extra.get("open", 0) + 1
-        service = self._services.touch((a_ip, proto, b_port), Episode)
-        if service.add(b_ip, clock, flow.first, flow.last, s.window, s.hosts, s.max_items):
+        if "S" in flow.b_flags and (opened := self._targets.episode((a_ip, b_ip))) is not None:
+            opened.extra["open"] = opened.extra.get("open", 0) + 1
+        service = self._services.add((a_ip, proto, b_port), b_ip, clock, flow.first, flow.last, s.window,
+                                     s.hosts, s.max_items)
+        if service is not None:
             self._pending[("sweep", a_ip, proto, b_port)] = (service, flow)
         return []
 
@@ -153,8 +165,9 @@ class ScanDetector:
                 or sender == "0.0.0.0" or not isinstance(sender, str) or not isinstance(target, str):
             return []
         s = self._s
-        sweep = self._services.touch((sender, _ARP_PROTO, 0), Episode)
-        if sweep.add(target, self._clock, hint.ts, hint.ts, s.arp_window, s.arp_hosts, s.max_items):
+        sweep = self._services.add((sender, _ARP_PROTO, 0), target, self._clock, hint.ts, hint.ts,
+                                   s.arp_window, s.arp_hosts, s.max_items)
+        if sweep is not None:
             self._pending[("sweep", sender, _ARP_PROTO, 0)] = (sweep, hint)
         return []
 
