@@ -4,8 +4,8 @@ A detector module offers NAME, a frozen `Settings` dataclass with its defaults (
 `Settings.problems() -> list[str]`), and `make(settings, context) -> Detector`. The engine hands
 each detector every finished flow, every protocol hint and every device delta, and calls `tick`
 with packet time at least once per second of traffic, never raw packets; a detector may narrow
-what it is handed with the optional attributes `flow_ports`, `hint_apps`, `takes_flows` and
-`takes_devices` (agent.detectors.engine), which must never hide a record it would act on. A
+what it is handed with the optional attributes `flow_ports`, `hint_apps`, `hint_ports`, `takes_flows`
+and `takes_devices` (agent.detectors.engine), which must never hide a record it would act on. A
 detector returns the findings it raises; the engine de-duplicates them by `key` within a
 suppression window and rate-limits them, counting both. An exception in one detector is counted and
 logged at most once per interval; the others keep running.

@@ -41,12 +41,17 @@ V = TypeVar("V")
 
 
 class Bounded(Generic[K, V]):
-    """A dict of at most `limit` entries; adding to a full one evicts the least recently used, counted."""
+    """A dict of at most `limit` entries; adding to a full one evicts the least recently used, counted.
 
-    __slots__ = ("_counts", "_items", "_limit", "_name")
+    A hot path may read `entries` and mark an entry used (`entries.move_to_end(key)`) itself, which
+    saves a call of `touch`; new entries go through `touch`, which keeps the bound and counts.
+    """
+
+    __slots__ = ("_counts", "_items", "_limit", "_name", "entries")
 
     def __init__(self, limit: int, counters: Counters, name: str) -> None:
         self._items: OrderedDict[K, V] = OrderedDict()
+        self.entries = self._items
         self._limit = limit
         self._counts = counters.values  # counted in place: a churning table evicts on most touches
         self._name = name

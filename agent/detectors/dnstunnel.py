@@ -93,6 +93,7 @@ class DnsTunnelDetector:
     """DNS questions from hints and port-53 flows; one finding key per (client, server)."""
 
     hint_apps: Final = frozenset({"dns"})  # the engine hands this detector only these hints,
+    hint_ports: Final = frozenset({53})  # ... sent to this port (queries: answers come from it),
     flow_ports: Final = frozenset({53})  # ... only flows to these ports
     takes_devices: Final = False  # ... and no device deltas
 
@@ -114,16 +115,20 @@ class DnsTunnelDetector:
         self._analysed: dict[str, tuple[str, str, bool] | None] = {}  # question -> (name, domain, data)
 
     def on_flow(self, flow: FlowRecord) -> list[Finding]:
-        if flow.b_port != 53 or flow.proto != "udp":
+        first, last, proto, a_ip, _, b_ip, b_port, _, _, _, a_pkts, b_pkts, _, _, _, _, _ = flow  # one unpack
+        if b_port != 53 or proto != "udp":
             return []
-        if flow.last > self._clock:
-            self._clock = flow.last
-        if flow.b_pkts:
-            self._resolvers.touch(flow.b_ip, bool)
+        if last > self._clock:
+            self._clock = last
+        if b_pkts:  # the responder answers DNS: Bounded.touch inlined for the usual known resolver
+            if b_ip in (resolvers := self._resolvers.entries):
+                resolvers.move_to_end(b_ip)
+            else:
+                self._resolvers.touch(b_ip, bool)
         s = self._s
-        span = flow.last - flow.first
-        if flow.a_pkts < s.socket_queries or flow.a_pkts < s.socket_rate * span or is_group(flow.b_ip) \
-                or self._resolvers.get(flow.a_ip) is not None:
+        span = last - first
+        if a_pkts < s.socket_queries or a_pkts < s.socket_rate * span or is_group(b_ip) \
+                or self._resolvers.get(a_ip) is not None:
             return []
         summary = (f"{describe(self._context, flow.a_ip)} sent {flow.a_pkts} DNS queries from one socket to "
                    f"{describe(self._context, flow.b_ip)} in {seconds(span)} "
@@ -136,19 +141,19 @@ class DnsTunnelDetector:
                              dst_port=53, proto="udp", device=flow.a_mac)]
 
     def on_hint(self, hint: ProtoHint) -> list[Finding]:
-        if hint.app != "dns":
+        ts, app, _, _, src, _, _, dst, dst_port, _, fields = hint  # one unpack costs less than six reads
+        if app != "dns":
             return []
-        if hint.ts > self._clock:
-            self._clock = hint.ts
-        fields = hint.fields
-        if fields.get("response") or hint.dst_port != 53 or hint.src_ip is None or hint.dst_ip is None:
+        if ts > self._clock:
+            self._clock = ts
+        if fields.get("response") or dst_port != 53 or src is None or dst is None:
             return []
         questions = fields.get("questions")
         if not isinstance(questions, list):
             return []
         s = self._s
-        analysed, pairs = self._analysed, self._pairs
-        src, dst, ts, clock = hint.src_ip, hint.dst_ip, hint.ts, self._clock  # the clock is fixed below
+        analysed, pairs, counts = self._analysed, self._pairs, self._pairs.entries
+        clock = self._clock  # fixed below
         for question in questions:
             if not isinstance(question, str):
                 continue
@@ -161,8 +166,8 @@ class DnsTunnelDetector:
             if known is None:
                 continue
             name, domain, data = known
-            self._seq += 1
             if data:
+                self._seq += 1
                 names = self._names.touch((src, dst), Episode)
                 domains = names.extra.setdefault("domains", {})
                 if domain in domains or len(domains) < _MAX_DOMAINS:
@@ -170,7 +175,11 @@ class DnsTunnelDetector:
                 if names.add(self._seq, clock, ts, ts, s.window, s.tunnel_names, 1 << 16):
                     self._pending[("names", src, dst)] = (names, hint)
             pair = (src, domain)
-            count = pairs.touch(pair, list)  # [window start, queries]: most pairs are new, one query each
+            count = counts.get(pair)  # [window start, queries]
+            if count is None:
+                count = pairs.touch(pair, list)
+            else:
+                counts.move_to_end(pair)  # Bounded.touch inlined: most queries repeat a pair
             if not count:
                 count += (clock, 1.0)
             elif clock - count[0] > s.window:

@@ -19,6 +19,7 @@ construction: `counters` (the detector's own Counters: evictions and the like), 
 `detectors.<name>.` on each tick; `hint_apps` (a frozenset of ProtoHint.app values): such a detector
 is handed only those hints, so a DNS-heavy ward does not pay every detector per message;
 `flow_ports` (a frozenset of responder ports): such a detector is handed only flows to those ports;
+`hint_ports` (a frozenset of ports): only hints sent to those ports (DNS queries, not their answers);
 `tick_drafts(now)`, called instead of `tick`, returns drafts (agent.detectors.common.Draft) that
 pass the filters on their key, kind, time and addresses and are built into Findings only when let
 through, so a storm of findings the filters drop costs no text (a draft whose build raises counts
@@ -111,9 +112,9 @@ class DetectorEngine:
         self._logged: dict[str, float] = {}
         self._latest = float("-inf")
         self._flow_all, self._flow_routes = _flow_routes(self._detectors)
-        self._hint_all = tuple((n, d.on_hint, getattr(d, "hint_apps", None))
+        self._hint_all = tuple((n, d.on_hint, getattr(d, "hint_apps", None), getattr(d, "hint_ports", None))
                                for n, d in self._detectors.items())
-        self._hint_routes: dict[str, tuple[tuple[str, Callable[[ProtoHint], list[Finding]]], ...]] = {}
+        self._hint_routes: dict[str, HintRoutes] = {}
         self._device = tuple((n, d.on_device) for n, d in self._detectors.items()
                              if getattr(d, "takes_devices", True))
         self.wants_devices = bool(self._device)
@@ -136,11 +137,14 @@ class DetectorEngine:
     def on_hint(self, hint: ProtoHint) -> list[Finding]:
         if hint.ts > self._latest:
             self._latest = hint.ts
-        route = self._hint_routes.get(hint.app)
-        if route is None:
-            route = tuple((n, call) for n, call, apps in self._hint_all if apps is None or hint.app in apps)
+        routes = self._hint_routes.get(hint.app)
+        if routes is None:
+            routes = _hint_routes(self._hint_all, hint.app)
             if len(self._hint_routes) < MAX_APPS:
-                self._hint_routes[hint.app] = route
+                self._hint_routes[hint.app] = routes
+        by_port, route = routes
+        if by_port is not None:
+            route = by_port.get(hint.dst_port, route)
         found: list[Finding] = []
         for name, call in route:
             try:
@@ -243,6 +247,23 @@ def _flow_routes(detectors: Mapping[str, Detector]) -> tuple[tuple[FlowCall, ...
     routes = {port: tuple((n, calls[n]) for n, _ in takers if (wanted := ports[n]) is None or port in wanted)
               for port in named}
     return everyone, routes
+
+
+HintCall = tuple[str, Callable[[ProtoHint], list[Finding]]]
+HintRoutes = tuple[dict[int, tuple[HintCall, ...]] | None, tuple[HintCall, ...]]
+
+
+def _hint_routes(takers: Sequence[tuple[str, Callable[[ProtoHint], list[Finding]], frozenset[str] | None,
+                                        frozenset[int] | None]], app: str) -> HintRoutes:
+    """For hints of `app`: per destination port named in some `hint_ports`, the detectors such a hint
+    goes to (None when no taker names ports), and the detectors a hint to any other port goes to."""
+    wanted = [(n, call, ports) for n, call, apps, ports in takers if apps is None or app in apps]
+    anywhere = tuple((n, call) for n, call, ports in wanted if ports is None)
+    named = {p for _, _, ports in wanted if ports is not None for p in ports}
+    if not named:
+        return None, anywhere
+    return {port: tuple((n, call) for n, call, ports in wanted if ports is None or port in ports)
+            for port in named}, anywhere
 
 
 def _type_problems(settings_type: type[Any], table: Mapping[str, Any]) -> list[str]:

@@ -116,40 +116,39 @@ class ScanDetector:
         # The tests of `failed` inlined, cheapest first: most flows are conversations, never attempts.
         if "P" in flow.a_flags:
             return []
-        if flow.last > self._clock:
-            self._clock = flow.last
-        proto = flow.proto
+        first, last, proto, a_ip, a_port, b_ip, b_port, _, _, _, a_pkts, b_pkts, _, _, a_flags, b_flags, _ \
+            = flow  # one unpack costs less than the attribute reads below
+        if last > self._clock:
+            self._clock = last
         if proto == "tcp":
-            if "S" not in flow.a_flags or "P" in flow.b_flags or flow.a_pkts > 3:
+            if "S" not in a_flags or "P" in b_flags or a_pkts > 3:
                 return []
         elif proto == "udp":
-            if flow.a_port in _GROUP_RESPONDERS:
-                if flow.a_port == _DHCP_SERVER:
-                    self._dhcp_servers.touch(flow.a_ip, bool)
+            if a_port in _GROUP_RESPONDERS:
+                if a_port == _DHCP_SERVER:
+                    self._dhcp_servers.touch(a_ip, bool)
                 return []
-            if flow.b_pkts or flow.a_pkts > 2 or flow.b_port in _TRACEROUTE:
+            if b_pkts or a_pkts > 2 or b_port in _TRACEROUTE:
                 return []
         else:
-            if _ECHO.get(proto if isinstance(proto, str) else "") == flow.a_port and not is_group(flow.b_ip) \
-                    and self._dhcp_servers.get(flow.a_ip) is None:
+            if _ECHO.get(proto if isinstance(proto, str) else "") == a_port and not is_group(b_ip) \
+                    and self._dhcp_servers.get(a_ip) is None:
                 s = self._s
-                service = self._services.add((flow.a_ip, proto, flow.a_port), flow.b_ip, self._clock,
-                                             flow.first, flow.last, s.window, s.hosts, s.max_items)
+                service = self._services.add((a_ip, proto, a_port), b_ip, self._clock, first, last, s.window,
+                                             s.hosts, s.max_items)
                 if service is not None:
-                    self._pending[("sweep", flow.a_ip, proto, flow.a_port)] = (service, flow)
+                    self._pending[("sweep", a_ip, proto, a_port)] = (service, flow)
             return []
-        if is_group(flow.b_ip):
+        if is_group(b_ip):
             return []
         s, clock = self._s, self._clock
-        a_ip, b_ip, b_port = flow.a_ip, flow.b_ip, flow.b_port
-        target = self._targets.add((a_ip, b_ip), b_port, clock, flow.first, flow.last, s.window, s.ports,
-                                   s.max_items)
+        target = self._targets.add((a_ip, b_ip), b_port, clock, first, last, s.window, s.ports, s.max_items)
         if target is not None:
             self._pending[("port", a_ip, b_ip)] = (target, flow)
-        if "S" in flow.b_flags and (opened := self._targets.episode((a_ip, b_ip))) is not None:
+        if "S" in b_flags and (opened := self._targets.episode((a_ip, b_ip))) is not None:
             opened.extra["open"] = opened.extra.get("open", 0) + 1
-        service = self._services.add((a_ip, proto, b_port), b_ip, clock, flow.first, flow.last, s.window,
-                                     s.hosts, s.max_items)
+        service = self._services.add((a_ip, proto, b_port), b_ip, clock, first, last, s.window, s.hosts,
+                                     s.max_items)
         if service is not None:
             self._pending[("sweep", a_ip, proto, b_port)] = (service, flow)
         return []

@@ -58,6 +58,24 @@ def test_flows_reach_port_detectors_only_on_their_ports() -> None:
     assert log == ["all:53", "dns:53", "last:53", "all:80", "last:80"]
 
 
+def test_hints_reach_port_detectors_only_when_sent_to_their_ports() -> None:
+    """A detector with hint_ports sees its app's hints to those ports only (a DNS query, not its answer)."""
+    log: list[str] = []
+
+    class HintProbe(Probe):
+        def on_hint(self, hint: ProtoHint) -> list[Finding]:
+            self.log.append(f"{self.name}:{hint.dst_port}")
+            return []
+
+    engine = DetectorEngine({"any": HintProbe(log, "any", hint_apps=frozenset({"dns"})),
+                             "queries": HintProbe(log, "queries", hint_apps=frozenset({"dns"}),
+                                                  hint_ports=frozenset({53}))}, Counters())
+    for src_port, dst_port in ((40000, 53), (53, 40000)):
+        engine.on_hint(ProtoHint(1.0, "dns", "udp", MAC, "10.1.0.5", src_port, None, "10.1.0.9", dst_port,
+                                 dst_port == 53, {}))
+    assert log == ["any:53", "queries:53", "any:40000"]
+
+
 def test_devices_reach_only_detectors_that_take_them() -> None:
     """takes_devices = False keeps device deltas away; wants_devices says whether anyone takes them."""
     log: list[str] = []
