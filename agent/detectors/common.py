@@ -47,18 +47,17 @@ class Bounded(Generic[K, V]):
     saves a call of `touch`; new entries go through `touch`, which keeps the bound and counts.
     """
 
-    __slots__ = ("_counts", "_items", "_limit", "_name", "entries")
+    __slots__ = ("_counts", "_limit", "_name", "entries")
 
     def __init__(self, limit: int, counters: Counters, name: str) -> None:
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self.entries = self._items
+        self.entries: OrderedDict[K, V] = OrderedDict()
         self._limit = limit
         self._counts = counters.values  # counted in place: a churning table evicts on most touches
         self._name = name
 
     def touch(self, key: K, factory: Callable[[], V]) -> V:
         """The entry for `key` (made by `factory` if new), now the most recently used."""
-        items = self._items
+        items = self.entries
         value = items.get(key)
         if value is None:
             if len(items) >= self._limit:
@@ -71,16 +70,16 @@ class Bounded(Generic[K, V]):
         return value
 
     def get(self, key: K) -> V | None:
-        return self._items.get(key)
+        return self.entries.get(key)
 
     def pop(self, key: K) -> V | None:
-        return self._items.pop(key, None)
+        return self.entries.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.entries)
 
     def __iter__(self) -> Iterator[K]:
-        return iter(self._items)
+        return iter(self.entries)
 
 
 class Episode:
@@ -173,7 +172,7 @@ class Episodes(Bounded[K, Episode | Sighting]):
             threshold: int, cap: int) -> Episode | None:
         """Episode.add on the episode of `key` (made if new, now the most recently used); returns the
         episode when this event made it cross `threshold`, else None."""
-        items = self._items
+        items = self.entries
         held = items.get(key)
         if held is None:
             if len(items) >= self._limit:
@@ -192,9 +191,9 @@ class Episodes(Bounded[K, Episode | Sighting]):
 
     def episode(self, key: K) -> Episode | None:
         """The episode of `key` as an Episode (a held Sighting becomes one), None if there is none."""
-        held = self._items.get(key)
+        held = self.entries.get(key)
         if isinstance(held, tuple):
-            held = self._items[key] = _episode_of(held)
+            held = self.entries[key] = _episode_of(held)
         return held
 
 

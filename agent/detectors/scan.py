@@ -116,6 +116,10 @@ class ScanDetector:
         # The tests of `failed` inlined, cheapest first: most flows are conversations, never attempts.
         if "P" in flow.a_flags:
             return []
+        if flow.b_pkts and flow.proto == "udp" and flow.a_port != _DHCP_SERVER:  # answered: no attempt
+            if flow.last > self._clock:
+                self._clock = flow.last
+            return []
         first, last, proto, a_ip, a_port, b_ip, b_port, _, _, _, a_pkts, b_pkts, _, _, a_flags, b_flags, _ \
             = flow  # one unpack costs less than the attribute reads below
         if last > self._clock:
