@@ -105,6 +105,7 @@ class Detection:
                                      settings.max_per_minute, allow, on_finding=on_finding)
         self._inventory = inventory if device_deltas and self.engine.wants_devices else None
         self._next_devices = 0
+        self._end: float | None = None  # no record is later than this: the end of the last second ticked
         self.flow: Callable[[FlowRecord], object] = self.engine.on_flow
         self.hint: Callable[[ProtoHint], object] = self.engine.on_hint
 
@@ -116,6 +117,7 @@ class Detection:
 
     def second(self, now: int) -> None:
         """Packet time entered second `now`: a tick, and device deltas once a minute (when wanted)."""
+        self._end = now + 1.0
         self.engine.tick(float(now))
         if self._inventory is not None and now >= self._next_devices:
             self._next_devices = now + DEVICE_EVERY
@@ -124,4 +126,4 @@ class Detection:
     def finish(self) -> None:
         if self._inventory is not None:
             self.devices(self._inventory.delta(float(self._next_devices)))
-        self.engine.finish()
+        self.engine.finish(self._end)

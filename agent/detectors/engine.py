@@ -49,7 +49,7 @@ log = structlog.get_logger("agent.detectors")
 LOG_INTERVAL: Final = 60.0  # wall seconds between two error logs of one detector
 MAX_APPS: Final = 256  # hint apps whose routing is remembered (the hinters name a few dozen)
 MAX_KEYS: Final = 65536  # de-duplication memory; the oldest key is forgotten first (counted)
-FINISH_AHEAD: Final = 3600.0  # finish() ticks this far past the last record: every held episode is due
+FINISH_AHEAD: Final = 3600.0  # finish() ticks this far past the end: every held episode is due
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +124,6 @@ class DetectorEngine:
                                    if isinstance(c := getattr(d, "counters", None), Counters))
 
     def on_flow(self, flow: FlowRecord) -> list[Finding]:
-        if flow.last > self._latest:
-            self._latest = flow.last
         found: list[Finding] = []
         for name, call in self._flow_routes.get(flow.b_port, self._flow_all):
             try:
@@ -135,8 +133,6 @@ class DetectorEngine:
         return self._filter(found) if found else found
 
     def on_hint(self, hint: ProtoHint) -> list[Finding]:
-        if hint.ts > self._latest:
-            self._latest = hint.ts
         routes = self._hint_routes.get(hint.app)
         if routes is None:
             routes = _hint_routes(self._hint_all, hint.app)
@@ -178,9 +174,12 @@ class DetectorEngine:
                 values[f"detectors.{name}.{counter}"] = value
         return self._filter(found) if found else []
 
-    def finish(self) -> list[Finding]:
-        """End of a capture (or shutdown): a tick far enough ahead that detectors report what they hold."""
-        return self.tick(self._latest + FINISH_AHEAD) if self._latest > float("-inf") else []
+    def finish(self, now: float | None = None) -> list[Finding]:
+        """End of a capture (or shutdown) at packet time `now`, no earlier than the last record (default:
+        the last tick): a tick far enough ahead that detectors report what they hold. Records do not
+        move the engine's clock (a comparison per record); their detectors keep their own."""
+        latest = self._latest if now is None else max(self._latest, now)
+        return self.tick(latest + FINISH_AHEAD) if latest > float("-inf") else []
 
     def _failed(self, name: str, exc: Exception) -> None:
         self._counters.add("detectors.errors." + name)

@@ -209,6 +209,17 @@ def test_finish_reports_what_detectors_hold() -> None:
     assert [f.kind for f in engine.finish()] == ["port_scan"]
 
 
+def test_finish_at_the_end_of_the_last_second_reports_records_after_the_last_tick() -> None:
+    """Records leave the engine's clock alone; finish(now) is given the end, past even the longest quiet."""
+    slowest = scan.Settings(quiet=3600.0, within=3600.0)
+    engine = DetectorEngine({"scan": scan.make(slowest, Ward())}, Counters())
+    engine.tick(1.0)
+    for port in range(1, 31):
+        engine.on_flow(FlowRecord(1.9, 1.9, "tcp", "10.0.0.1", 40000, "10.0.0.2", port, None, None, (), 1, 0,
+                                  44, 0, "S", "", "end"))
+    assert [f.kind for f in engine.finish(2.0)] == ["port_scan"]
+
+
 def test_build_all_detectors_with_defaults() -> None:
     """With no settings and no enabled list, every registered detector is built and no problem is found."""
     built, problems = build_detectors({}, Ward())
