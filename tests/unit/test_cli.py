@@ -70,3 +70,21 @@ def test_version() -> None:
     """--version names the program."""
     result = _run("--version")
     assert result.returncode == 0 and result.stdout.startswith("ward-agent ")
+
+
+def test_an_approved_finding_stops_recurring(tmp_path: Path) -> None:
+    """The review loop: a finding approved by an allow rule keyed like it is gone from the next replay."""
+    scenario = str(Path(__file__).parents[1] / "captures" / "scenario-attack.pcap")
+
+    def findings(*options: str) -> dict[str, str]:
+        result = _run("replay", scenario, *options)
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        return {r["key"]: r["kind"] for r in records if r["type"] == "finding"}
+
+    before = findings()
+    key = next(k for k, kind in before.items() if kind == "port_scan")
+    approved = tmp_path / "agent.toml"
+    approved.write_text(f'[[detectors.allow]]\nkind = "port_scan"\nkey = "{key}"\n')
+    after = findings("--config", str(approved))
+    assert key not in after and after == {k: v for k, v in before.items() if k != key}
