@@ -61,13 +61,17 @@ class Bounded(Generic[K, V]):
         value = items.get(key)
         if value is None:
             if len(items) >= self._limit:
-                items.popitem(last=False)
-                counts = self._counts
-                counts[self._name] = counts.get(self._name, 0) + 1
+                self._evict_oldest()
             value = items[key] = factory()
         else:
             items.move_to_end(key)
         return value
+
+    def _evict_oldest(self) -> None:
+        """Drop the least recently used entry and count it (the table is full)."""
+        self.entries.popitem(last=False)
+        counts = self._counts
+        counts[self._name] = counts.get(self._name, 0) + 1
 
     def get(self, key: K) -> V | None:
         return self.entries.get(key)
@@ -176,9 +180,7 @@ class Episodes(Bounded[K, Episode | Sighting]):
         held = items.get(key)
         if held is None:
             if len(items) >= self._limit:
-                items.popitem(last=False)
-                counts = self._counts
-                counts[self._name] = counts.get(self._name, 0) + 1
+                self._evict_oldest()
             items[key] = (item, clock, first, last)
             return None
         items.move_to_end(key)
