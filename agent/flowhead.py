@@ -44,18 +44,23 @@ class HintSettings:
 
 
 class _Head:
-    """What the head of one flow has read so far. Lists are indexed by direction: [b, a]."""
+    """What the head of one flow has read so far, made at its first payload.
 
-    __slots__ = ("budget", "context", "expect", "hinter", "limit", "name", "offered", "packets")
+    Per direction as plain fields (a DNS-heavy ward holds tens of thousands of heads): `offered` is a
+    bit per direction (1: b, 2: a), `expect_*` the next TCP sequence number (-1: none yet).
+    """
+
+    __slots__ = ("budget", "context", "expect_a", "expect_b", "hinter", "limit", "name", "offered",
+                 "packets_a", "packets_b")
 
     def __init__(self, budget: int, limit: int) -> None:  # a plain class: made twice as fast as a dataclass
         self.budget = budget
         self.limit = limit
         self.hinter: FlowHinter | None = None
         self.name = ""
-        self.offered = [False, False]
-        self.packets = [0, 0]
-        self.expect = [-1, -1]  # next TCP sequence number
+        self.offered = 0
+        self.packets_a = self.packets_b = 0
+        self.expect_a = self.expect_b = -1
         self.context: FlowContext | None = None
 
 
@@ -78,29 +83,33 @@ class FlowHeads:
         self._failed_logged: set[str] = set()
 
     def reconfigure(self, settings: HintSettings) -> None:
-        """New limits and options for flows whose head starts from now on."""
+        """New limits and options for flows whose first payload comes from now on."""
         self._hinters = tuple(h for h in self._all_hinters if h.NAME not in settings.disabled)
         self._options = HintOptions(record_user=settings.record_user)
         self._packets, self._bytes = settings.packets, settings.bytes
 
-    def open(self, slot: int) -> None:
-        self._heads[slot] = _Head(self._bytes, self._packets)
-
     def feed(self, slot: int, from_a: bool, segment: bytes, tcp: bool, t: int) -> bool:
         """One packet of a flow in its head; True when the head is over (the flow may go fast)."""
-        head = self._heads[slot]
+        if len(segment) <= ((segment[12] >> 4) * 4 if tcp and len(segment) >= 20 else 8):
+            return False  # no payload (or a cut TCP header): nothing to read, no head state needed
+        head = self._heads.get(slot)
+        if head is None:
+            head = self._heads[slot] = _Head(self._bytes, self._packets)
         payload = _tcp_payload(head, segment, from_a, self._counters) if tcp else segment[8:]
         if not payload:
             return False
         if head.hinter is None:
-            head.offered[from_a] = True
+            head.offered |= 2 if from_a else 1
             if not self._choose(head, slot, payload, from_a):
-                if head.offered[not from_a] or not tcp:
+                if head.offered == 3 or not tcp:
                     del self._heads[slot]
                     return True
                 return False
-        head.packets[from_a] += 1
-        if head.packets[from_a] > head.limit:  # this direction has had its share
+        if from_a:
+            head.packets_a = packets = head.packets_a + 1
+        else:
+            head.packets_b = packets = head.packets_b + 1
+        if packets > head.limit:  # this direction has had its share
             self.end(slot, t)
             return True
         if len(payload) > head.budget:
@@ -108,7 +117,7 @@ class FlowHeads:
             self._counters.add("hints.byte_budget_reached")
         head.budget -= len(payload)
         over = self._hint(head, slot, t, lambda hinter: hinter.feed(payload, from_a), from_a)
-        if over or head.budget <= 0 or min(head.packets) >= head.limit:
+        if over or head.budget <= 0 or min(head.packets_a, head.packets_b) >= head.limit:
             self.end(slot, t)
             return True
         return False
@@ -166,13 +175,9 @@ class FlowHeads:
 
 def _tcp_payload(head: _Head, segment: bytes, from_a: bool, counters: Counters) -> bytes:
     """The segment's new bytes in sequence order: a retransmission's old bytes are cut."""
-    if len(segment) < 20:
-        return b""
     data = segment[(segment[12] >> 4) * 4:]
-    if not data:
-        return b""
     seq = int.from_bytes(segment[4:8], "big")
-    expect = head.expect[from_a]
+    expect = head.expect_a if from_a else head.expect_b
     if expect >= 0:
         behind = (expect - seq) & _SEQ_MASK
         if behind < _HALF:
@@ -180,5 +185,8 @@ def _tcp_payload(head: _Head, segment: bytes, from_a: bool, counters: Counters) 
                 counters.add("hints.retransmissions")
                 return b""
             data, seq = data[behind:], expect
-    head.expect[from_a] = (seq + len(data)) & _SEQ_MASK
+    if from_a:
+        head.expect_a = (seq + len(data)) & _SEQ_MASK
+    else:
+        head.expect_b = (seq + len(data)) & _SEQ_MASK
     return data

@@ -20,6 +20,7 @@ import gc
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from sys import intern
 from typing import Final, cast
 
 from agent.decode import (
@@ -217,13 +218,18 @@ class FlowTable(Expiry, EthernetFastPath):
         return proto, key[at] << 8 | key[at + 1], key[at + 2] << 8 | key[at + 3]
 
     def _context(self, slot: int) -> FlowContext:
-        """Who the flow in `slot` is between, for the hints read from it."""
+        """Who the flow in `slot` is between, for the hints read from it.
+
+        The head keeps it while it lasts, so its texts are interned: thousands of live flows share
+        a few hosts' addresses and MACs.
+        """
         ja = slot << 1
         proto, a_ip, a_port, b_ip, b_port, _ = describe_key(self._table_of[slot], self._keys[ja])
         macs = self._macs[12 * slot:12 * slot + 12]
         a_mac, b_mac = macs[:6], macs[6:]
-        return (proto, address(a_ip), a_port, address(b_ip), b_port,
-                a_mac.hex(":") if any(a_mac) else None, b_mac.hex(":") if any(b_mac) else None)
+        a_name = intern(a_mac.hex(":")) if any(a_mac) else None
+        b_name = intern(b_mac.hex(":")) if any(b_mac) else None
+        return proto, intern(address(a_ip)), a_port, intern(address(b_ip)), b_port, a_name, b_name
 
     def _tcp_control(self, j: int, tcp_flags: int, t: int) -> int | None:
         """SYN, FIN or RST on a known flow; returns the number to count into (None: a new flow)."""
@@ -281,11 +287,8 @@ class FlowTable(Expiry, EthernetFastPath):
         else:
             self._state[slot] = OPEN
             self._schedule(ja, (t + self._idle) // US + 1)
-        if in_head:
-            assert self._heads is not None
-            self._heads.open(slot)
-            if segment:
-                self._feed_head(j, table, segment, t)
+        if in_head and segment:
+            self._feed_head(j, table, segment, t)
 
     def _continued_orientation(self, key: bytes, rkey: bytes) -> bool | None:
         """Whether a flow cut by the active timeout continues swapped; None if it is no continuation."""

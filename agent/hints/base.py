@@ -16,10 +16,16 @@ class HintOptions:
 
 
 class DatagramFlow:
-    """A flow whose every payload is one whole message (DHCP, DNS): parse each on its own."""
+    """A flow whose every payload is one whole message (DHCP, DNS): parse each on its own.
+
+    It holds nothing of its flow, so one instance serves every flow of its protocol (`shared`):
+    a DNS-heavy ward keeps tens of thousands of such flows in their head at once.
+    """
+
+    __slots__ = ("_parse",)
+    done = False  # never done by itself: the head's packet and byte limits end it
 
     def __init__(self, parse: Callable[[bytes], Fields]) -> None:
-        self.done = False
         self._parse = parse
 
     def feed(self, payload: bytes, from_a: bool) -> list[Fields]:

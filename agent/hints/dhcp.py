@@ -25,7 +25,7 @@ def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: 
 
 
 def start(options: HintOptions) -> DatagramFlow:
-    return DatagramFlow(parse)
+    return _FLOW
 
 
 def parse(message: bytes) -> Fields:
@@ -62,3 +62,6 @@ def _option(fields: Fields, code: int, value: bytes) -> None:
         fields["client_id"] = value.hex(":")
     elif code in (50, 54) and len(value) == 4:
         fields["requested_ip" if code == 50 else "server_id"] = socket.inet_ntoa(value)
+
+
+_FLOW: Final = DatagramFlow(parse)  # holds no per-flow state: shared by every flow

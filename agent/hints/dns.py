@@ -29,7 +29,7 @@ def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: 
 
 
 def start(options: HintOptions) -> DatagramFlow:
-    return DatagramFlow(parse)
+    return _FLOW
 
 
 def parse(message: bytes) -> Fields:
@@ -102,3 +102,6 @@ def _name(message: bytes, at: int) -> tuple[str, int]:
             at, pointers = (length & 0x3F) << 8 | message[at + 1], pointers + 1
         else:
             raise ValueError("bad DNS label")
+
+
+_FLOW: Final = DatagramFlow(parse)  # holds no per-flow state: shared by every flow

@@ -36,7 +36,7 @@ def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: 
 
 
 def start(options: HintOptions) -> DatagramFlow:
-    return DatagramFlow(parse)
+    return _FLOW
 
 
 def parse(message: bytes) -> Fields:
@@ -163,3 +163,6 @@ def _printable(raw: bytes) -> str:
     """The 15 name bytes without their padding; other bytes shown as <xx>, as Wireshark does."""
     raw = raw.rstrip(b" \x00")
     return "".join(chr(c) if 0x20 <= c < 0x7F and c != 0x3C else f"<{c:02x}>" for c in raw)
+
+
+_FLOW: Final = DatagramFlow(parse)  # holds no per-flow state: shared by every flow

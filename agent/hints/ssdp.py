@@ -34,7 +34,7 @@ def accepts(proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: 
 
 
 def start(options: HintOptions) -> DatagramFlow:
-    return DatagramFlow(parse)
+    return _FLOW
 
 
 def parse(message: bytes) -> Fields:
@@ -82,3 +82,6 @@ def _location(url: str) -> str:
         return ""
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+
+
+_FLOW: Final = DatagramFlow(parse)  # holds no per-flow state: shared by every flow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,3 +158,34 @@ def test_shared_captures_give_the_same_flows_with_hints_on() -> None:
         replay([str(capture)], AgentConfig(), plain.append)
         replay([str(capture)], AgentConfig(), hinted.append, on_hint=hints.append)
         assert hinted == plain, capture.name
+
+
+def _held_bytes(frames: list[Pkt], hints: bool) -> int:
+    """Memory a flow table still holds after ingesting frames (flows live, nothing flushed)."""
+    batch = pack(frames)
+    tracemalloc.start()
+    try:
+        table = FlowTable(FlowSettings(), lambda record: None, Counters(), on_hint=lambda hint: None,
+                          hints=HintSettings(enabled=hints))
+        table.ingest(*batch)
+        held = tracemalloc.get_traced_memory()[0]
+        del table
+    finally:
+        tracemalloc.stop()
+    return held
+
+
+def test_flows_without_payload_hold_no_head_state() -> None:
+    """Scan SYNs and refused connections never reach a hinter, so hints on cost them nothing."""
+    scan = list(wardgen.syn_scan(T0, MONITOR, ENGINE, range(1, 2001)))
+    extra = _held_bytes(scan, hints=True) - _held_bytes(scan, hints=False)
+    assert extra < 2000 * 100  # the flow's two table entries filed as in its head; head state is more
+
+
+def test_a_dns_flow_in_its_head_holds_under_400_bytes_of_head_state() -> None:
+    """DNS flows stay in their head (a tunnel may reuse a port): a DNS-heavy ward holds many at once."""
+    lookups = [p for i in range(2000)
+               for p in wardgen.dns_lookup(T0 + i * 0.001, MONITOR, ENGINE, 20000 + i, f"host{i}.ward.example",
+                                           ["10.1.0.9"], txid=i)]
+    extra = _held_bytes(lookups, hints=True) - _held_bytes(lookups, hints=False)
+    assert 0 < extra < 2000 * 400
