@@ -184,8 +184,7 @@ def test_flows_without_payload_hold_no_head_state() -> None:
 
 def test_a_dns_flow_in_its_head_holds_under_400_bytes_of_head_state() -> None:
     """DNS flows stay in their head (a tunnel may reuse a port): a DNS-heavy ward holds many at once."""
-    lookups = [p for i in range(2000)
-               for p in wardgen.dns_lookup(T0 + i * 0.001, MONITOR, ENGINE, 20000 + i, f"host{i}.ward.example",
-                                           ["10.1.0.9"], txid=i)]
+    lookups = [p for i in range(2000) for p in wardgen.dns_lookup(
+        T0 + i * 0.001, MONITOR, ENGINE, 20000 + i, f"host{i}.ward.example", ["10.1.0.9"], txid=i)]
     extra = _held_bytes(lookups, hints=True) - _held_bytes(lookups, hints=False)
     assert 0 < extra < 2000 * 400
