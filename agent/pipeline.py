@@ -72,6 +72,8 @@ class RunTotals:
             "clock_backwards": values.get("clock.backwards", 0),
             "hints": group("hints."),
             "inventory": group("inventory."),
+            "findings": group("findings."),
+            "detectors": group("detectors."),
             "kernel": {"received": self.kernel.received, "dropped": self.kernel.dropped,
                        "if_dropped": self.kernel.if_dropped},
             "seconds": round(self.seconds, 3),

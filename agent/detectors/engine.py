@@ -4,7 +4,7 @@ Each detector sees every finished flow, protocol hint and device delta, and a `t
 time (DESIGN.md section 3). What the detectors return passes four filters, in this order, each
 counted in the shared Counters:
 
-1. a finding whose kind or severity is outside the vocabulary is dropped (`detectors.invalid.<name>`);
+1. a finding whose kind or severity is outside the vocabulary is dropped (`detectors.invalid`);
 2. allow rules, the review loop's "this is fine": a matching finding is dropped (`findings.allowed`);
 3. de-duplication: a key already reported within `suppress_seconds` of packet time (either side:
    an episode reported late may carry an earlier time) is dropped (`findings.suppressed`); a key is

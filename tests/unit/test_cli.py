@@ -88,3 +88,18 @@ def test_an_approved_finding_stops_recurring(tmp_path: Path) -> None:
     approved.write_text(f'[[detectors.allow]]\nkind = "port_scan"\nkey = "{key}"\n')
     after = findings("--config", str(approved))
     assert key not in after and after == {k: v for k, v in before.items() if k != key}
+
+
+def test_the_summary_counts_findings_by_kind_and_those_held_back(tmp_path: Path) -> None:
+    """The summary's `findings` adds up to the finding records; an allow rule's drops are counted."""
+    scenario = str(Path(__file__).parents[1] / "captures" / "scenario-attack.pcap")
+    quiet = tmp_path / "agent.toml"
+    quiet.write_text('[[detectors.allow]]\nkind = "port_scan"\nkey_prefix = "port_scan:10.1.0.66->"\n')
+    result = _run("replay", scenario, "--config", str(quiet))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [r["kind"] for r in records if r["type"] == "finding"]
+    counted = records[-1]["findings"]
+    assert counted["emitted"] == len(kinds) > 0
+    assert {kind: counted[kind] for kind in set(kinds)} == {kind: kinds.count(kind) for kind in set(kinds)}
+    assert counted["allowed"] >= 1 and "port_scan" not in counted
