@@ -18,10 +18,10 @@ NAME: Final = "hl7"
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_BUFFER: Final = 4096
 MAX_FIELD: Final = 64
-_HD: Final = re.compile(rb"^[\x20-\x25\x27-\x5b\x5d\x5f-\x7d]*$")  # printable, none of ^ ~ \ &
-_MESSAGE_TYPE: Final = re.compile(rb"^[A-Z0-9]{2,3}(\^[A-Z0-9]{2,3}(\^[A-Z0-9_]{3,7})?)?$")
-_VERSION: Final = re.compile(rb"^2\.[0-9](\.[0-9])?$")
-# field number -> name and the pattern its value must match (`$` also lets one final "\n" through)
+_HD: Final = re.compile(rb"[\x20-\x25\x27-\x5b\x5d\x5f-\x7d]*")  # printable, none of ^ ~ \ &
+_MESSAGE_TYPE: Final = re.compile(rb"[A-Z0-9]{2,3}(\^[A-Z0-9]{2,3}(\^[A-Z0-9_]{3,7})?)?")
+_VERSION: Final = re.compile(rb"2\.[0-9](\.[0-9])?")
+# field number -> name and the pattern its whole value must match
 _MSH_FIELDS: Final = {3: ("sending_app", _HD), 4: ("sending_facility", _HD), 5: ("receiving_app", _HD),
                       6: ("receiving_facility", _HD), 9: ("message_type", _MESSAGE_TYPE),
                       12: ("version", _VERSION)}
@@ -93,7 +93,7 @@ def _header(message: bytes) -> Fields | None:
             if name != "message_type":
                 raw = raw.partition(component)[0]  # the namespace id of an HD field
             raw = raw.replace(component, b"^")
-            if raw and len(raw) <= MAX_FIELD and pattern.match(raw):
+            if raw and len(raw) <= MAX_FIELD and pattern.fullmatch(raw):
                 result[name] = raw.decode("ascii")
     if str(result.get("message_type", "")).startswith("ACK"):
         ack = _ack_code(message, msh_end, separator)

@@ -73,6 +73,12 @@ def test_field_with_bytes_outside_printable_ascii_is_left_out() -> None:
                       "version": "2.5"}]
 
 
+def test_field_ending_in_a_line_feed_is_left_out() -> None:
+    """A value must match its pattern whole: a final line feed does not slip through."""
+    found = _feed_all([b"\x0bMSH|^~\\&|MONITOR\n|WARD7|ENGINE|HOSP|20260101||ADT^A01\n|M1|P|2.5\n\r\x1c\r"])
+    assert found == [{"sending_facility": "WARD7", "receiving_app": "ENGINE", "receiving_facility": "HOSP"}]
+
+
 def test_accepts_mllp_on_any_port() -> None:
     """Detection is by the MLLP start byte and MSH, not by port."""
     assert hl7.accepts("tcp", 51000, 6661, _message(), True)
