@@ -173,9 +173,19 @@ class CaptureResult:
 
     @property
     def bytes_per_live_flow(self) -> float | None:
-        if self.peak_live_flows <= 0:
+        return self._per_live_flow(self.ward.median_rss_kib)
+
+    def stage_bytes_per_live_flow(self) -> dict[str, float | None]:
+        """The same figure for the variants that switch stages off: what each stage holds per flow."""
+        extra = self.ward.extra
+        return {"flows_only": self._per_live_flow(extra.get("median_flows_only_rss_kib")),
+                "no_detectors": self._per_live_flow(extra.get("median_no_detectors_rss_kib")),
+                "default": self.bytes_per_live_flow}
+
+    def _per_live_flow(self, rss_kib: float | None) -> float | None:
+        if self.peak_live_flows <= 0 or rss_kib is None:
             return None
-        return (self.ward.median_rss_kib - self.baseline_rss_kib) * 1024 / self.peak_live_flows
+        return (rss_kib - self.baseline_rss_kib) * 1024 / self.peak_live_flows
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -553,6 +563,7 @@ def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
     for name, figures in variants.items():
         ward.extra[f"{name}_walls"] = figures.walls
         ward.extra[f"median_{name}_s"] = figures.median_wall
+        ward.extra[f"median_{name}_rss_kib"] = figures.median_rss_kib
     if pipeline:
         ward.extra["pipeline_s"] = pipeline
         ward.extra["median_pipeline_s"] = statistics.median(pipeline)
@@ -642,6 +653,10 @@ def capture_table(r: CaptureResult, floor: Floor) -> list[str]:
     rows.append(f"  ward-agent bytes per live flow: {shown} = ({r.ward.median_rss_kib / 1024:.1f} - "
                 f"{r.baseline_rss_kib / 1024:.1f} MiB) / {r.peak_live_flows} peak live flows   target <= "
                 f"{TARGET_BYTES_PER_FLOW:.0f}  {verdict(bpf is not None and bpf <= TARGET_BYTES_PER_FLOW)}")
+    by_stage = r.stage_bytes_per_live_flow()
+    if by_stage["flows_only"] is not None and by_stage["no_detectors"] is not None:
+        rows.append(f"  bytes per live flow by stage: flows only {by_stage['flows_only']:,.0f} | + hints, "
+                    f"inventory {by_stage['no_detectors']:,.0f} | + detectors {shown}")
     rows.append(counts_line(r))
     rows += [f"  NOTE: {note}" for note in consistency_notes(r)]
     return rows
@@ -695,6 +710,8 @@ def to_json(machine: dict[str, Any], args: argparse.Namespace, baseline: float, 
             "bytes_per_live_flow": None if r.bytes_per_live_flow is None else round(r.bytes_per_live_flow, 1),
             "bytes_per_live_flow_pass": r.bytes_per_live_flow is not None
             and r.bytes_per_live_flow <= TARGET_BYTES_PER_FLOW,
+            "bytes_per_live_flow_by_stage": {name: None if v is None else round(v, 1)
+                                             for name, v in r.stage_bytes_per_live_flow().items()},
             "stage_costs": stage_costs(r),
             "ward_summary": r.summary,
             "softflowd_stats": r.softflowd_stats,

@@ -66,3 +66,14 @@ def test_write_prefix_keeps_the_first_packets(tmp_path: Path) -> None:
     assert bench.count_pcap(prefix) == n // 2
     assert source.read_bytes().startswith(prefix.read_bytes())
     assert bench.write_prefix(source, prefix, n + 5) == n and prefix.read_bytes() == source.read_bytes()
+
+
+def test_bytes_per_live_flow_by_stage_nets_out_the_baseline() -> None:
+    """Each stage's figure is its variant's median peak RSS over the baseline, per peak live flow."""
+    ward = bench.ToolFigures([1.0], [3000], 10, extra={"median_flows_only_rss_kib": 2000.0,
+                                                        "median_no_detectors_rss_kib": 2500.0})
+    capture = bench.Capture("bench-flows", Path("x.pcap"), 10, 100)
+    result = bench.CaptureResult(capture, ward, bench.ToolFigures([1.0], [1], 10),
+                                 {"peak_live_flows": 1024}, {}, 1000.0)
+    assert result.stage_bytes_per_live_flow() == {"flows_only": 1000.0, "no_detectors": 1500.0,
+                                                  "default": 2000.0}
