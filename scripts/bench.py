@@ -536,7 +536,7 @@ def timed_runs(ward_agent: str, softflowd: str, capture: Capture, runs: int,
     configs = {name: tmp / f"{name}.toml" for name in VARIANTS if VARIANTS[name]}
     for name, path in configs.items():
         path.write_text(VARIANTS[name])
-    extras = {name: [] for name in VARIANTS}
+    extras: dict[str, list[str]] = {name: [] for name in VARIANTS}
     extras[BASELINE_VARIANT] = ["--baseline", str(learn_baseline(ward_agent, capture, tmp))]
     pipeline: list[float] = []
     stats: dict[str, int] = {}
