@@ -34,9 +34,11 @@ What it measures
     Wall time includes process start-up (about 0.1-0.2 s of interpreter and imports for ward-agent);
     the "pipeline only" line is ward-agent's own in-process time, from its `replay_done` log line.
 
-Live mode
-    scripts/bench_live.py replays the ward mix with tcpreplay onto a veth pair at rising rates and
-    finds the highest rate with zero kernel drops, the agent pinned to one core (issue 7).
+Live mode (--live)
+    `python scripts/bench.py --live [options]` runs scripts/bench_live.py with the options that
+    follow (see its --help): it replays the ward mix with tcpreplay onto a veth pair at rising rates
+    and finds the highest rate with zero kernel drops, the agent pinned to one core, or N workers
+    with --workers N (issue 7).
 
 Reproduce
     bash scripts/setup.sh                        # or: apt-get install softflowd; pip install -e .
@@ -766,6 +768,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--live"]:
+        import bench_live  # scripts/ is this script's directory, first on sys.path
+
+        sys.argv = [str(ROOT / "scripts" / "bench_live.py"), *argv[1:]]
+        return bench_live.main()
     args = parse_args(argv)
     try:
         return run(args)
