@@ -116,8 +116,17 @@ class FlowHeads:
             payload = payload[:head.budget]
             self._counters.add("hints.byte_budget_reached")
         head.budget -= len(payload)
-        over = self._hint(head, slot, t, lambda hinter: hinter.feed(payload, from_a), from_a)
-        if over or head.budget <= 0 or min(head.packets_a, head.packets_b) >= head.limit:
+        hinter = head.hinter
+        assert hinter is not None
+        try:
+            found = hinter.feed(payload, from_a)
+        except Exception as exc:
+            self._failed(head, exc)
+            self.end(slot, t)
+            return True
+        if found:
+            self._emit(head, slot, from_a, found, t)
+        if hinter.done or head.budget <= 0 or min(head.packets_a, head.packets_b) >= head.limit:
             self.end(slot, t)
             return True
         return False
@@ -125,8 +134,15 @@ class FlowHeads:
     def end(self, slot: int, t: int) -> None:
         """The head is over (or the flow ended): what the hinter still holds is emitted."""
         head = self._heads.pop(slot, None)
-        if head is not None and head.hinter is not None:
-            self._hint(head, slot, t, lambda hinter: hinter.close(), True)
+        if head is None or head.hinter is None:
+            return
+        try:
+            found = head.hinter.close()
+        except Exception as exc:
+            self._failed(head, exc)
+            return
+        if found:
+            self._emit(head, slot, True, found, t)
 
     def _choose(self, head: _Head, slot: int, payload: bytes, from_a: bool) -> bool:
         proto, a_port, b_port = self._ports(slot)
@@ -138,39 +154,29 @@ class FlowHeads:
                 return True
         return False
 
-    def _hint(self, head: _Head, slot: int, t: int, call: Callable[[FlowHinter], list[Fields]],
-              from_a: bool) -> bool:
-        """Run one hinter call; emit what it found; True when the hinter is finished with the flow."""
-        hinter = head.hinter
-        assert hinter is not None
-        try:
-            found = call(hinter)
-        except ValueError:
+    def _failed(self, head: _Head, exc: Exception) -> None:
+        """A hinter raised: garbage (ValueError) is counted as malformed, a hinter bug as failed and
+        logged once per hinter; either way the flow's hinter is dropped and the capture goes on."""
+        if isinstance(exc, ValueError):
             self._counters.add("hints.malformed." + head.name)
-            head.hinter = None
-            return True
-        except Exception as exc:  # a hinter bug must never stop the capture
+        else:
             self._counters.add("hints.failed." + head.name)
             if head.name not in self._failed_logged:
                 self._failed_logged.add(head.name)
                 log.error("hinter_failed", hinter=head.name, error=repr(exc))
-            head.hinter = None
-            return True
-        if found:
-            self._emit(head, slot, from_a, found, t)
-        return hinter.done
+        head.hinter = None
 
     def _emit(self, head: _Head, slot: int, from_a: bool, found: list[Fields], t: int) -> None:
         if head.context is None:
             head.context = self._context(slot)
         proto, a_ip, a_port, b_ip, b_port, a_mac, b_mac = head.context
-        name = head.name
-        src = (a_mac, a_ip, a_port) if from_a else (b_mac, b_ip, b_port)
-        dst = (b_mac, b_ip, b_port) if from_a else (a_mac, a_ip, a_port)
+        name, ts, on_hint = head.name, t / 1_000_000, self._on_hint
+        self._counters.add("hints." + name, len(found))
         for fields in found:
-            self._counters.add("hints." + name)
-            self._on_hint(ProtoHint(t / 1_000_000, name, proto, src[0], src[1], src[2], dst[0], dst[1],
-                                    dst[2], from_a, fields))
+            if from_a:
+                on_hint(ProtoHint(ts, name, proto, a_mac, a_ip, a_port, b_mac, b_ip, b_port, True, fields))
+            else:
+                on_hint(ProtoHint(ts, name, proto, b_mac, b_ip, b_port, a_mac, a_ip, a_port, False, fields))
 
 
 def _tcp_payload(head: _Head, segment: bytes, from_a: bool, counters: Counters) -> bytes:
