@@ -3,10 +3,11 @@
 Order matters. The capture is opened first (it needs CAP_NET_RAW); then the process drops to its
 user with no capability left, before any thread exists (capabilities are per thread); only then
 do the spool's flusher and the publisher start. The loop reads batches, and once a second of
-wall time it moves packet time on over a quiet tap, sends device deltas and the flows batched so
-far, takes a health sample when one is due, and pings systemd's watchdog only while capture keeps
-returning. SIGTERM or SIGINT ends it: every live flow is reported (end), the spool flushed, the
-publisher given a few seconds to drain, and systemd told STOPPING.
+wall time it moves packet time on over a quiet tap, assesses a few changed devices ahead of their
+delta, sends device deltas and the flows batched so far, takes a health sample when one is due,
+and pings systemd's watchdog only while capture keeps returning. SIGTERM or SIGINT ends it: every
+live flow is reported (end), the spool flushed, the publisher given a few seconds to drain, and
+systemd told STOPPING.
 
 With capture.workers = N > 1, N captures join one fanout group and are opened before the drop;
 right after it, one worker process per capture is forked (agent/workers.py), still before any
@@ -45,6 +46,7 @@ from agent.workers import EX_SOFTWARE, WorkerPool, spawn
 log = structlog.get_logger("agent.service")
 _META = struct.Struct("=IIII")  # next_batch's per-frame (sec, usec, offset, length)
 EX_UNAVAILABLE, EX_NOPERM = 69, 77
+ASSESS_PER_SECOND = 200  # stale device assessments done ahead of the delta (Inventory.assess_pending)
 
 
 class Service:
@@ -103,6 +105,8 @@ class Service:
         self.table.advance(now)
         if self.outbound is not None and self.outbound.remote is not None:
             self.outbound.remote.tick(now, bool(self.outbound.publisher.stats().get("connected")))
+        if self.inventory is not None:
+            self.inventory.assess_pending(ASSESS_PER_SECOND)
         if self.inventory is not None and now >= self.next_devices:  # device deltas every ten seconds
             self.next_devices = now + 10.0
             changed = self.inventory.delta(now)

@@ -110,3 +110,26 @@ def test_first_dispatch_key_wins() -> None:
     record = inventory.device_record(CLIENT)
     assert record is not None and record["software"] == {}
     assert record["services"]["cleartext_logins"][0]["protocol"] == "ftp"
+
+
+def test_assess_pending_assesses_at_most_the_limit_of_stale_devices() -> None:
+    """A live sensor spreads the assessments over seconds: each call takes at most `limit` stale devices."""
+    calls: list[str] = []
+    inventory = Inventory(8, _counting_rules(calls))
+    inventory.on_flow(_flow())  # two devices, both new
+    assert inventory.assess_pending(1) == 1 and len(calls) == 1
+    assert inventory.assess_pending(5) == 1 and len(calls) == 2
+    assert inventory.assess_pending(5) == 0
+
+
+def test_a_delta_after_assess_pending_reuses_the_assessments() -> None:
+    """The delta carries the same records whether or not the assessments were made ahead of it."""
+    calls: list[str] = []
+    ahead, plain = Inventory(8, _counting_rules(calls)), Inventory(8, _counting_rules([]))
+    for inventory in (ahead, plain):
+        inventory.on_flow(_flow())
+        inventory.on_hint(_hint({"http": "response", "server": "PACS/1.0"}))
+    ahead.assess_pending(10)
+    assessed = len(calls)
+    assert ahead.delta(1000.0) == plain.delta(1000.0)
+    assert len(calls) == assessed == 2
