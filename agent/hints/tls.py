@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Final
 
 from agent.hints.base import Fields, HintOptions
@@ -23,6 +25,7 @@ MAX_RECORD: Final = 16384 + 2048
 MAX_ALPN: Final = 8
 MAX_VERSIONS: Final = 8
 MIN_REPEAT: Final = 8  # a segment this long repeated at once is taken for a retransmission
+JA4_CACHE: Final = 256  # distinct hello shapes remembered (functools.lru_cache; a few per TLS stack)
 _CLIENT_HELLO, _SERVER_HELLO = 1, 2
 _HANDSHAKE, _ALERT = 22, 21
 _SNI, _SIGNATURE_ALGORITHMS, _ALPN, _SUPPORTED_VERSIONS = 0x0000, 0x000D, 0x0010, 0x002B
@@ -144,7 +147,7 @@ def client_hello(body: bytes) -> Fields:
     ciphers = _u16_list(cipher_list)
     at = _vector(body, at, 1)[1]  # so are the compression methods
     extensions = _extensions(body, at)
-    types = [kind for kind, _ in extensions]
+    types = tuple(kind for kind, _ in extensions)
     data = dict(reversed(extensions))  # the first of a repeated extension counts
     offered = [v for v in _u16_list(_content(data.get(_SUPPORTED_VERSIONS), 1)) if v not in _GREASE]
     alpn = _alpn(data[_ALPN]) if _ALPN in data else []
@@ -176,11 +179,18 @@ def server_hello(body: bytes) -> Fields:
     return {"tls": "server_hello", "version": _version(version), "cipher": f"0x{cipher:04x}"}
 
 
-def ja4(version: int, has_sni: bool, ciphers: list[int], extensions: list[int], first_alpn: bytes,
-        sigalgs: list[int]) -> str:
+def ja4(version: int, has_sni: bool, ciphers: Sequence[int], extensions: Sequence[int], first_alpn: bytes,
+        sigalgs: Sequence[int]) -> str:
     """JA4 for TLS over TCP from the parts (16-bit values) of a ClientHello, GREASE ignored everywhere."""
-    ciphers = [c for c in ciphers if c not in _GREASE]
-    extensions = [e for e in extensions if e not in _GREASE]
+    return _ja4(version, has_sni, tuple(ciphers), tuple(extensions), first_alpn, tuple(sigalgs))
+
+
+@lru_cache(maxsize=JA4_CACHE)
+def _ja4(version: int, has_sni: bool, all_ciphers: tuple[int, ...], all_extensions: tuple[int, ...],
+         first_alpn: bytes, sigalgs: tuple[int, ...]) -> str:
+    """ja4, remembered: a ward's clients are a few TLS stacks, each sending the same hello shape."""
+    ciphers = [c for c in all_ciphers if c not in _GREASE]
+    extensions = [e for e in all_extensions if e not in _GREASE]
     part_a = (f"t{_JA4_VERSIONS.get(version, '00')}{'d' if has_sni else 'i'}{min(len(ciphers), 99):02d}"
               f"{min(len(extensions), 99):02d}{_alpn_chars(first_alpn)}")
     part_b = _hash12(_hex_list(sorted(ciphers))) if ciphers else "0" * 12
@@ -226,10 +236,10 @@ def _content(data: bytes | None, width: int) -> bytes:
     return b"" if data is None else _vector(data, 0, width)[0]
 
 
-def _u16_list(data: bytes) -> list[int]:
+def _u16_list(data: bytes) -> tuple[int, ...]:
     if len(data) % 2:
         raise ValueError("odd length of a TLS 16-bit list")
-    return list(struct.unpack(f"!{len(data) // 2}H", data))
+    return struct.unpack(f"!{len(data) // 2}H", data)
 
 
 def _server_name(data: bytes) -> str:
