@@ -90,8 +90,11 @@ class FlowHeads:
 
     def feed(self, slot: int, from_a: bool, segment: bytes, tcp: bool, t: int) -> bool:
         """One packet of a flow in its head; True when the head is over (the flow may go fast)."""
-        if len(segment) <= ((segment[12] >> 4) * 4 if tcp and len(segment) >= 20 else 8):
-            return False  # no payload (or a cut TCP header): nothing to read, no head state needed
+        if tcp:
+            if len(segment) < 20 or len(segment) <= (segment[12] >> 4) * 4:
+                return False  # no payload (or a cut header): nothing to read, no head state needed
+        elif len(segment) <= 8:
+            return False
         head = self._heads.get(slot)
         if head is None:
             head = self._heads[slot] = _Head(self._bytes, self._packets)

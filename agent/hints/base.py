@@ -18,7 +18,7 @@ class HintOptions:
 class DatagramFlow:
     """A flow whose every payload is one whole message (DHCP, DNS): parse each on its own.
 
-    It holds nothing of its flow, so one instance serves every flow of its protocol (`shared`):
+    It holds nothing of its flow, so one instance serves every flow of its protocol:
     a DNS-heavy ward keeps tens of thousands of such flows in their head at once.
     """
 
