@@ -79,7 +79,7 @@ class FlowHeads:
         self._counters = counters
         self._ports = ports
         self._context = context
-        self._heads: dict[int, _Head] = {}
+        self._heads: list[_Head | None] = []  # by slot, like the flow table's columns: no dict entry per head
         self._failed_logged: set[str] = set()
 
     def reconfigure(self, settings: HintSettings) -> None:
@@ -95,9 +95,12 @@ class FlowHeads:
                 return False  # no payload (or a cut header): nothing to read, no head state needed
         elif len(segment) <= 8:
             return False
-        head = self._heads.get(slot)
+        heads = self._heads
+        if slot >= len(heads):
+            heads.extend([None] * (slot + 1 - len(heads) + len(heads) // 2))
+        head = heads[slot]
         if head is None:
-            head = self._heads[slot] = _Head(self._bytes, self._packets)
+            head = heads[slot] = _Head(self._bytes, self._packets)
         payload = _tcp_payload(head, segment, from_a, self._counters) if tcp else segment[8:]
         if not payload:
             return False
@@ -105,7 +108,7 @@ class FlowHeads:
             head.offered |= 2 if from_a else 1
             if not self._choose(head, slot, payload, from_a):
                 if head.offered == 3 or not tcp:
-                    del self._heads[slot]
+                    heads[slot] = None
                     return True
                 return False
         if from_a:
@@ -136,8 +139,12 @@ class FlowHeads:
 
     def end(self, slot: int, t: int) -> None:
         """The head is over (or the flow ended): what the hinter still holds is emitted."""
-        head = self._heads.pop(slot, None)
-        if head is None or head.hinter is None:
+        heads = self._heads
+        head = heads[slot] if slot < len(heads) else None
+        if head is None:
+            return
+        heads[slot] = None
+        if head.hinter is None:
             return
         try:
             found = head.hinter.close()
