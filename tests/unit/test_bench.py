@@ -77,3 +77,15 @@ def test_bytes_per_live_flow_by_stage_nets_out_the_baseline() -> None:
                                  {"peak_live_flows": 1024}, {}, 1000.0)
     assert result.stage_bytes_per_live_flow() == {"flows_only": 1000.0, "no_detectors": 1500.0,
                                                   "default": 2000.0}
+
+
+def test_floor_loop_keeps_both_directions_of_a_conversation_in_one_flow(tmp_path: Path) -> None:
+    """The floor loop reads every packet; a request and its answer are one flow, another port another."""
+    import bench_floor
+
+    cli, srv = wardgen.Host("10.0.0.2", "02:00:00:00:00:02"), wardgen.Host("10.0.0.9", "02:00:00:00:00:09")
+    capture = tmp_path / "two.pcap"
+    with wardgen.PcapWriter(capture) as writer:
+        writer.write_all(wardgen.udp_exchange(1.0, cli, srv, 40000, 53, b"query", b"answer"))
+        writer.write_all(wardgen.udp_exchange(2.0, cli, srv, 40001, 53, b"query", b"answer"))
+    assert bench_floor.floor_loop(str(capture)) == (4, 2)
