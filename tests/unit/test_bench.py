@@ -89,3 +89,20 @@ def test_floor_loop_keeps_both_directions_of_a_conversation_in_one_flow(tmp_path
         writer.write_all(wardgen.udp_exchange(1.0, cli, srv, 40000, 53, b"query", b"answer"))
         writer.write_all(wardgen.udp_exchange(2.0, cli, srv, 40001, 53, b"query", b"answer"))
     assert bench_floor.floor_loop(str(capture)) == (4, 2)
+
+
+def test_hint_floor_records_each_hinted_flows_payloads_and_parses_them_again(tmp_path: Path) -> None:
+    """A DNS query and its answer are one hinted flow of two payloads; parsing them again raises nothing."""
+    import bench_hint_floor
+
+    cli, srv = wardgen.Host("10.0.0.2", "02:00:00:00:00:02"), wardgen.Host("10.0.0.9", "02:00:00:00:00:09")
+    query = wardgen.dns_message(7, "pacs.ward.example")
+    answer = wardgen.dns_message(7, "pacs.ward.example", answers=["10.0.0.50"], response=True)
+    capture = tmp_path / "dns.pcap"
+    with wardgen.PcapWriter(capture) as writer:
+        writer.write_all(wardgen.udp_exchange(1.0, cli, srv, 40000, 53, query, answer))
+    inputs = bench_hint_floor.record_inputs(str(capture))
+    assert [(module.NAME, fed) for module, fed in inputs] == [("dns", [(query, True), (answer, False)])]
+    seconds: dict[str, float] = {"dns": 0.0}
+    bench_hint_floor.parse_all(inputs, seconds)
+    assert seconds["dns"] > 0
