@@ -21,6 +21,9 @@ from agent.tunnels import TUNNEL_PORTS
 PKT_BITS: Final = 28  # a direction's packet count sits in the low bits of its counter, bytes above
 HEADER_BYTES: Final = 80  # enough for Ethernet, two VLAN tags, IPv6 and the TCP flags
 META_RECORDS: Final = struct.Struct("=IIII").iter_unpack  # next_batch's (sec, usec, offset, caplen)
+# Untagged IPv4 at fixed offsets: ethertype, version and header length, total length, flags and
+# fragment offset, protocol, the flow key (addresses and ports), TCP data offset and flags.
+IPV4_FIELDS: Final = struct.Struct("!12xHBxH2xHxB2x12s8xBB").unpack_from
 
 
 class EthernetFastPath:
@@ -59,19 +62,17 @@ class EthernetFastPath:
                 t = self._clock(t, now)
                 tick = self._tick
             now = t
-            d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
+            if cl < 54:
+                slow(pk[off:off + cl], t)
+                continue
+            e, v, n, g, p, k, h, f = IPV4_FIELDS(pk, off)
             try:
-                if (cl > 53 and d[12] == 8 and d[13] == 0 and d[14] == 69 and not (d[20] & 63 or d[21])
-                        and (d[16] or d[17] > 33)):
-                    p = d[23]
+                if e == 0x0800 and v == 69 and not g & 0x3FFF and n > 33:
                     if p == 6:
-                        n = d[16] << 8 | d[17]
-                        h = d[46] >> 2 & 60
+                        h = h >> 2 & 60
                         if not 20 <= h <= cl - 34 or h > n - 20:  # a bad or cut header: decode counts it
                             slow(pk[off:off + cl], t)
                             continue
-                        k = d[26:38]
-                        f = d[47]
                         j = tcp_get(k)
                         if j is not None and not f & 7:
                             try:
@@ -79,7 +80,7 @@ class EthernetFastPath:
                             except IndexError:  # a flow in its head (flowhead.py): payload to the hinters
                                 if n > 20 + h:
                                     end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                                    account(TCP, k, n, f, d[:12], t, pk[off + 34:off + end])
+                                    account(TCP, k, n, f, pk[off:off + 12], t, pk[off + 34:off + end])
                                     continue
                                 j -= HEAD
                                 count[j] += n << PKT_BITS | 1
@@ -87,28 +88,26 @@ class EthernetFastPath:
                             last[j] = t
                         else:
                             end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                            account(TCP, k, n, f, d[:12], t, pk[off + 34:off + end])
+                            account(TCP, k, n, f, pk[off:off + 12], t, pk[off + 34:off + end])
                         continue
                     if p == 17:
-                        k = d[26:38]
                         j = udp_get(k)
                         if j is not None:
                             try:
-                                count[j] += d[16] << 36 | d[17] << 28 | 1
+                                count[j] += n << PKT_BITS | 1
                             except IndexError:  # a flow in its head (flowhead.py)
-                                n = d[16] << 8 | d[17]
                                 end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                                account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + end])
+                                account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + 34:off + end])
                                 continue
                             last[j] = t
-                        elif d[34] << 8 | d[35] in TUNNEL_PORTS or d[36] << 8 | d[37] in TUNNEL_PORTS:
+                        elif k[8] << 8 | k[9] in TUNNEL_PORTS or k[10] << 8 | k[11] in TUNNEL_PORTS:
                             slow(pk[off:off + cl], t)
                         else:
-                            n = d[16] << 8 | d[17]
                             end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                            account(UDP, k, n, 0, d[:12], t, pk[off + 34:off + end])
+                            account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + 34:off + end])
                         continue
-                elif cl > 53:  # the same steps with the IP header at offset o and the VLAN ids in tg
+                else:  # the same steps with the IP header at offset o and the VLAN ids in tg
+                    d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
                     o, tg, e = 14, b"", d[12] << 8 | d[13]
                     if e in VLAN_TPIDS and d[14] < 16:  # priority 0: the tag's bytes are the VLAN id
                         o, tg, e = 18, d[14:16], d[16] << 8 | d[17]
