@@ -20,7 +20,6 @@ import gc
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from sys import intern
 from typing import Final, cast
 
 from agent.decode import (
@@ -44,6 +43,8 @@ from agent.nonip import ethertype_name
 from agent.records import Counters, FlowRecord, ProtoHint
 
 PKT_MASK: Final = (1 << PKT_BITS) - 1
+MAX_TEXTS: Final = 65_536  # address and MAC texts cached for flow heads (starts afresh when full)
+NO_MAC: Final = bytes(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class FlowTable(Expiry, EthernetFastPath):
         self._due = array("I")  # packet-time second of the wheel slot a flow is filed in
         self._state = bytearray()
         self._table_of = bytearray()
+        self._texts: dict[bytes, str] = {}  # raw address or MAC -> its text, shared by the heads
         self._free: list[int] = []
         self._continuing: dict[bytes, int] = {}  # a-keys of flows cut by the active timeout
         self._fragments = FragmentTable(counters)
@@ -220,16 +222,20 @@ class FlowTable(Expiry, EthernetFastPath):
     def _context(self, slot: int) -> FlowContext:
         """Who the flow in `slot` is between, for the hints read from it.
 
-        The head keeps it while it lasts, so its texts are interned: thousands of live flows share
-        a few hosts' addresses and MACs.
+        The head keeps it while it lasts, so its texts come from one bounded cache: thousands of
+        live flows share a few hosts' address and MAC strings, and each is formatted once.
         """
         ja = slot << 1
         proto, a_ip, a_port, b_ip, b_port, _ = describe_key(self._table_of[slot], self._keys[ja])
-        macs = self._macs[12 * slot:12 * slot + 12]
+        macs = bytes(self._macs[12 * slot:12 * slot + 12])
         a_mac, b_mac = macs[:6], macs[6:]
-        a_name = intern(a_mac.hex(":")) if any(a_mac) else None
-        b_name = intern(b_mac.hex(":")) if any(b_mac) else None
-        return proto, intern(address(a_ip)), a_port, intern(address(b_ip)), b_port, a_name, b_name
+        texts = self._texts
+        if len(texts) >= MAX_TEXTS:
+            texts.clear()
+        return (proto, texts.get(a_ip) or texts.setdefault(a_ip, address(a_ip)), a_port,
+                texts.get(b_ip) or texts.setdefault(b_ip, address(b_ip)), b_port,
+                None if a_mac == NO_MAC else texts.get(a_mac) or texts.setdefault(a_mac, a_mac.hex(":")),
+                None if b_mac == NO_MAC else texts.get(b_mac) or texts.setdefault(b_mac, b_mac.hex(":")))
 
     def _tcp_control(self, j: int, tcp_flags: int, t: int) -> int | None:
         """SYN, FIN or RST on a known flow; returns the number to count into (None: a new flow)."""
