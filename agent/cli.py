@@ -127,7 +127,7 @@ def _open_outbound(settings: config.AgentConfig, totals: RunTotals) -> outbound_
 
 def _deliver(outbound: outbound_parts.Outbound, devices: list[dict[str, Any]], timeout: float) -> bool:
     """The replay's devices as one snapshot, then wait until the broker has everything."""
-    outbound.uplink.devices([], lambda: devices, 0.0)
+    outbound.uplink.devices("snapshot", devices)
     delivered = outbound.drain(timeout)
     outbound.close(drain_seconds=2.0)
     return delivered

@@ -25,7 +25,8 @@ Bounds: at most `max_devices` devices; a new one evicts the least recently touch
 and counts `inventory.evicted`. Per-device collections are bounded in agent.inventory_device.
 
 Deltas: a device is in `delta(now)` when something other than its last_seen changed since it was
-last reported, or when only last_seen moved and the last report is `refresh` seconds old.
+last reported, or when only last_seen moved and the last report is `refresh` seconds old. The live
+service reports devices one at a time (`report`), a few hundred a second (agent.device_reports).
 
 Cost: detectors ask for a device's record per flow (`device_record`, `device_of_ip`), and role
 classification and risk assessment are the dear part of a record (~0.15 ms). Both read only the
@@ -229,16 +230,28 @@ class Inventory:
 
     def delta(self, now: float) -> list[dict[str, Any]]:
         """Records of devices changed since the last delta (or merely seen again, every `refresh` s)."""
-        changed: list[dict[str, Any]] = []
-        for key in sorted(self._devices):
-            device = self._devices[key]
-            if device.changed or (device.last_seen > device.reported_last
-                                  and now - device.reported_at >= self._refresh):
-                changed.append(self._record(device))
-                device.changed = False
-                device.reported_at = now
-                device.reported_last = device.last_seen
-        return changed
+        reports = (self.report(key, now) for key in sorted(self._devices))
+        return [report[0] for report in reports if report is not None]
+
+    def keys(self) -> list[str]:
+        """Every device's key, sorted."""
+        return sorted(self._devices)
+
+    def report(self, key: str, now: float, everything: bool = False) -> tuple[dict[str, Any], bool] | None:
+        """One device's record for the uplink and whether it was due: changed since its last report,
+        or merely seen again `refresh` s after it. None if the device is gone, or not due and not
+        `everything` (a snapshot). Either way a reported device is due again only when it changes."""
+        device = self._devices.get(key)
+        if device is None:
+            return None
+        due = device.changed or (device.last_seen > device.reported_last
+                                 and now - device.reported_at >= self._refresh)
+        if not (due or everything):
+            return None
+        device.changed = False
+        device.reported_at = now
+        device.reported_last = device.last_seen
+        return self._record(device), due
 
     def _record(self, device: DeviceState) -> dict[str, Any]:
         """The device's record with its role and risks, assessed again only if its content changed."""

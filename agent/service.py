@@ -4,8 +4,8 @@ Order matters. The capture is opened first (it needs CAP_NET_RAW); then the proc
 user with no capability left, before any thread exists (capabilities are per thread); only then
 do the spool's flusher and the publisher start. The loop reads batches, and once a second of
 wall time it moves packet time on over a quiet tap, assesses a few changed devices ahead of their
-delta, sends device deltas and the flows batched so far, takes a health sample when one is due,
-and pings systemd's watchdog only while capture keeps returning. SIGTERM or SIGINT ends it: every
+report, reports a few hundred devices (agent.device_reports), takes a health sample when one is
+due, and pings systemd's watchdog only while capture keeps returning. SIGTERM or SIGINT ends it: every
 live flow is reported (end), the spool flushed, the publisher given a few seconds to drain, and
 systemd told STOPPING.
 
@@ -32,6 +32,7 @@ from agent import privileges
 from agent.capture import Capture, CaptureError, KernelStats, LiveSettings, fanout_group, open_live
 from agent.config import EX_CONFIG, AgentConfig, CaptureSettings
 from agent.detect import Detection
+from agent.device_reports import DeviceReports
 from agent.flows import FlowTable
 from agent.health import HealthMonitor
 from agent.inventory import Inventory
@@ -70,7 +71,7 @@ class Service:
         self.capture: Capture | None = None
         self.pool: WorkerPool | None = None  # capture.workers > 1: the flows come from these processes
         self.frames_since = 0
-        self.next_devices = 0.0  # wall time of the next device delta
+        self.reports = DeviceReports(self.inventory) if self.inventory is not None else None
 
     def _on_flow(self, record: FlowRecord) -> None:
         self.totals.count_flow(record)
@@ -107,13 +108,13 @@ class Service:
             self.outbound.remote.tick(now, bool(self.outbound.publisher.stats().get("connected")))
         if self.inventory is not None:
             self.inventory.assess_pending(ASSESS_PER_SECOND)
-        if self.inventory is not None and now >= self.next_devices:  # device deltas every ten seconds
-            self.next_devices = now + 10.0
-            changed = self.inventory.delta(now)
-            if self.outbound is not None:
-                self.outbound.uplink.devices(changed, self.inventory.devices, now)
-            if self.detection is not None:
-                self.detection.devices(changed)
+        if self.reports is not None:  # a round every ten seconds, a few hundred devices a second
+            uplink = self.outbound.uplink if self.outbound is not None else None
+            report = self.reports.step(now, uplink.device_round if uplink is not None else None)
+            if report is not None and uplink is not None:
+                uplink.devices(report.mode, report.records)
+            if report is not None and report.changed and self.detection is not None:
+                self.detection.devices(report.changed)
         if self.health is None:
             return
         self.health.observe(kernel, self.frames_since)
@@ -318,9 +319,9 @@ def _finish(service: Service, notifier: Notifier) -> None:
     if service.detection is not None:
         service.detection.finish()
     if service.outbound is not None:
-        if service.inventory is not None:
-            service.outbound.uplink.devices(service.inventory.delta(time.time()),
-                                            service.inventory.devices, time.time())
+        changed = service.inventory.delta(time.time()) if service.inventory is not None else []
+        if changed:  # what is due, a round in progress included
+            service.outbound.uplink.devices("delta", changed)
         service.outbound.close(drain_seconds=5.0)
     notifier.stopping(service.status())
     log.info("stopped", status=service.status())

@@ -1,12 +1,13 @@
 """The sensor's side of the uplink before the network: batch, encode, seal once, spool (DESIGN.md 4-5).
 
 Records become messages: flows in batches (at most `batch_flows` records, or `batch_seconds` of
-packet time since the batch began), device deltas and snapshots, findings at once (one message
-each), health and status as they come. Each message takes the next sequence number of this boot,
-is encoded (agent.messages), sealed once (agent.crypto: signed by the sensor, encrypted to the
-collector) and appended to the spool; the publisher thread re-sends those same bytes until the
-broker acknowledges them. The boot counter lives in the state directory and grows by one at every
-start, written atomically before it is used, so (sensor, boot, seq) never repeats.
+packet time since the batch began), device deltas and snapshots in parts (agent.device_reports),
+findings at once (one message each), health and status as they come. Each message takes the next
+sequence number of this boot, is encoded (agent.messages), sealed once (agent.crypto: signed by
+the sensor, encrypted to the collector) and appended to the spool; the publisher thread re-sends
+those same bytes until the broker acknowledges them. The boot counter lives in the state
+directory and grows by one at every start, written atomically before it is used, so (sensor,
+boot, seq) never repeats.
 """
 
 from __future__ import annotations
@@ -122,14 +123,17 @@ class Uplink:
             batch, self._flows = self._flows, []
             self._send("flows", batch, len(batch))
 
-    def devices(self, changed: Sequence[dict[str, Any]], everything: Callable[[], list[dict[str, Any]]],
-                now: float) -> None:
-        """Device deltas; a full snapshot instead at the first call and every snapshot_seconds."""
+    def device_round(self, now: float) -> str:
+        """The mode of a round of device reports starting now (agent.device_reports): "snapshot" for
+        the first and then once every snapshot_seconds, "delta" in between."""
         if self._last_snapshot is None or now - self._last_snapshot >= self._settings.snapshot_seconds:
             self._last_snapshot = now
-            self._send("devices", {"mode": "snapshot", "devices": everything()}, 1)
-        elif changed:
-            self._send("devices", {"mode": "delta", "devices": list(changed)}, 1)
+            return "snapshot"
+        return "delta"
+
+    def devices(self, mode: str, records: Sequence[dict[str, Any]]) -> None:
+        """One message of device records: a delta, or (part of) a snapshot."""
+        self._send("devices", {"mode": mode, "devices": list(records)}, len(records))
 
     def finding(self, finding: Finding) -> None:
         self._send("findings", [finding.to_dict()], 1)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker import Broker, mosquitto_fixture  # noqa: F401
@@ -93,16 +94,19 @@ drop_to_user = "nobody"
     return config
 
 
-def _flows(payloads: list[tuple[str, bytes, bool]], keys: Path) -> list[FlowRecord]:
+def _bodies(payloads: list[tuple[str, bytes, bool]], keys: Path) -> list[Any]:
     private, _ = crypto.key_paths(keys, "collector")
     _, verify = crypto.key_paths(keys, "sensor")
     recipient, sender = crypto.load_decryption_key(private), crypto.load_verify_key(verify)
-    flows = []
+    bodies = []
     for _, sealed, _ in payloads:
         opened = crypto.open_sealed(sealed, recipient, sender)
-        message = messages.decode_payload(messages.decode_header(opened.header), opened.plaintext)
-        flows.extend(message.body)
-    return flows
+        bodies.append(messages.decode_payload(messages.decode_header(opened.header), opened.plaintext).body)
+    return bodies
+
+
+def _flows(payloads: list[tuple[str, bytes, bool]], keys: Path) -> list[FlowRecord]:
+    return [flow for body in _bodies(payloads, keys) for flow in body]
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -146,6 +150,9 @@ def test_run_delivers_live_flows_drops_privileges_and_stays_silent(mosquitto: Br
             time.sleep(0.2)
         assert [(f.a_ip, f.b_ip, f.a_pkts, f.b_pkts) for f in udp] == [("10.213.1.1", "10.213.1.99", 5, 0)], (
             flows, err[-3000:])
+        devices = _bodies(collector.messages("ward/ward3/ward3-a/up/devices"), root / "keys")
+        sender = [d for body in devices for d in body["devices"] if d["mac"] == udp[0].a_mac]
+        assert sender and "10.213.1.1" in [ip["ip"] for ip in sender[-1]["ips"]], (devices, err[-3000:])
         assert _tx_packets(tap) == sent_before
     finally:
         shutil.rmtree(root, ignore_errors=True)

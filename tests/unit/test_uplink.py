@@ -63,15 +63,18 @@ def test_a_batch_closes_after_batch_seconds_of_packet_time(tmp_path: Path, keys:
     assert len(spool.peek(10)) == 1
 
 
-def test_first_device_message_is_a_snapshot_then_deltas(tmp_path: Path, keys: Path) -> None:
-    """Devices: a full snapshot first, deltas until snapshot_seconds pass, then a snapshot again."""
-    uplink, spool = _uplink(tmp_path, keys, snapshot_seconds=60.0)
-    everything = [{"mac": "a"}, {"mac": "b"}]
-    uplink.devices([], lambda: everything, 0.0)
-    uplink.devices([{"mac": "b"}], lambda: everything, 30.0)
-    uplink.devices([], lambda: everything, 40.0)
-    uplink.devices([], lambda: everything, 61.0)
-    assert [m.body["mode"] for m in _opened(spool, keys)] == ["snapshot", "delta", "snapshot"]
+def test_first_device_round_is_a_snapshot_then_deltas(tmp_path: Path, keys: Path) -> None:
+    """Device rounds: a full snapshot first, deltas until snapshot_seconds pass, then a snapshot again."""
+    uplink, _ = _uplink(tmp_path, keys, snapshot_seconds=60.0)
+    modes = [uplink.device_round(now) for now in (0.0, 30.0, 40.0, 61.0, 70.0)]
+    assert modes == ["snapshot", "delta", "delta", "snapshot", "delta"]
+
+
+def test_device_records_leave_in_one_message_of_their_mode(tmp_path: Path, keys: Path) -> None:
+    uplink, spool = _uplink(tmp_path, keys)
+    records = [{"mac": "a"}, {"mac": "b"}]
+    uplink.devices("snapshot", records)
+    assert [m.body for m in _opened(spool, keys)] == [{"mode": "snapshot", "devices": records}]
 
 
 def test_findings_leave_at_once(tmp_path: Path, keys: Path) -> None:
