@@ -55,7 +55,7 @@ class EthernetFastPath:
         """
         now, tick, slow, account = self._now, self._tick, self._slow, self._account
         tcp_get, udp_get = self._tables[TCP].get, self._tables[UDP].get
-        count, flags, last = self._count, self._flags, self._last
+        count, flags, last, head = self._count, self._flags, self._last, HEAD
         for sec, usec, off, cl in META_RECORDS(meta):
             t = sec * US + usec
             if not now <= t < tick:
@@ -75,15 +75,13 @@ class EthernetFastPath:
                             continue
                         j = tcp_get(k)
                         if j is not None and not f & 7:
-                            try:
-                                count[j] += n << PKT_BITS | 1
-                            except IndexError:  # a flow in its head (flowhead.py): payload to the hinters
+                            if j >= head:  # a flow in its head (flowhead.py): payload to the hinters
                                 if n > 20 + h:
                                     end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
                                     account(TCP, k, n, f, pk[off:off + 12], t, pk[off + 34:off + end])
                                     continue
-                                j -= HEAD
-                                count[j] += n << PKT_BITS | 1
+                                j -= head
+                            count[j] += n << PKT_BITS | 1
                             flags[j] |= f
                             last[j] = t
                         else:
@@ -93,12 +91,11 @@ class EthernetFastPath:
                     if p == 17:
                         j = udp_get(k)
                         if j is not None:
-                            try:
-                                count[j] += n << PKT_BITS | 1
-                            except IndexError:  # a flow in its head (flowhead.py)
+                            if j >= head:  # a flow in its head (flowhead.py)
                                 end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
                                 account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + 34:off + end])
                                 continue
+                            count[j] += n << PKT_BITS | 1
                             last[j] = t
                         elif k[8] << 8 | k[9] in TUNNEL_PORTS or k[10] << 8 | k[11] in TUNNEL_PORTS:
                             slow(pk[off:off + cl], t)
@@ -128,15 +125,13 @@ class EthernetFastPath:
                         f = d[at + 13]
                         j = tcp_get(k)
                         if j is not None and not f & 7:
-                            try:
-                                count[j] += n << PKT_BITS | 1
-                            except IndexError:
+                            if j >= head:
                                 if n > at - o + h:
                                     end = o + n if o + n < cl else cl  # the IP length, unless cut short
                                     account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
                                     continue
-                                j -= HEAD
-                                count[j] += n << PKT_BITS | 1
+                                j -= head
+                            count[j] += n << PKT_BITS | 1
                             flags[j] |= f
                             last[j] = t
                         else:
@@ -146,12 +141,11 @@ class EthernetFastPath:
                     if p == 17 and n >= at - o + 8:
                         j = udp_get(k)
                         if j is not None:
-                            try:
-                                count[j] += n << PKT_BITS | 1
-                            except IndexError:
+                            if j >= head:
                                 end = o + n if o + n < cl else cl  # the IP length, unless cut short
                                 account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
                                 continue
+                            count[j] += n << PKT_BITS | 1
                             last[j] = t
                         elif (d[at] << 8 | d[at + 1] in TUNNEL_PORTS
                               or d[at + 2] << 8 | d[at + 3] in TUNNEL_PORTS):

@@ -1,8 +1,8 @@
 """Flow heads: the first payload packets of each flow, handed to the hinters (DESIGN.md section 3).
 
 A TCP or UDP flow starts in its head. While it is there, the flow table files it in its dict as
-`2 * slot + direction + HEAD`: the fast path's array index then raises IndexError and the packet
-takes the general path, which brings it here. The hinters are offered the flow's first payload in
+`2 * slot + direction + HEAD`: the fast path sees a number at or above HEAD and hands the packet
+to the general path, which brings it here. The hinters are offered the flow's first payload in
 each direction; the first that accepts gets up to `packets` payload packets per direction and
 `bytes` bytes in all. Then the hinter is closed, the flow leaves its head and costs nothing more.
 A flow no hinter wants leaves as soon as each direction has been offered a payload (UDP: at its
