@@ -212,10 +212,10 @@ class Inventory:
         return [self._record(self._devices[key]) for key in sorted(self._devices)]
 
     def assess_pending(self, limit: int) -> int:
-        """Assess up to `limit` devices whose role and risks are stale, ahead of the next delta; how many.
+        """Assess up to `limit` devices whose role and risks are stale, ahead of their report; how many.
 
-        A live sensor calls this every second, so the delta that follows finds most assessments
-        cached: a delta that assesses a whole ward at once (about 200 us a device here) holds the
+        A live sensor calls this every second, so the reports that follow find most assessments
+        cached: a report round that assesses a whole ward at once (about 200 us a device here) holds the
         capture loop long enough for the kernel buffer to overflow on a busy mirror port.
         """
         done = 0
@@ -230,7 +230,7 @@ class Inventory:
 
     def delta(self, now: float) -> list[dict[str, Any]]:
         """Records of devices changed since the last delta (or merely seen again, every `refresh` s)."""
-        reports = (self.report(key, now) for key in sorted(self._devices))
+        reports = (self.report(key, now) for key in self.keys())
         return [report[0] for report in reports if report is not None]
 
     def keys(self) -> list[str]:

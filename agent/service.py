@@ -5,9 +5,9 @@ user with no capability left, before any thread exists (capabilities are per thr
 do the spool's flusher and the publisher start. The loop reads batches, and once a second of
 wall time it moves packet time on over a quiet tap, assesses a few changed devices ahead of their
 report, reports a few hundred devices (agent.device_reports), takes a health sample when one is
-due, and pings systemd's watchdog only while capture keeps returning. SIGTERM or SIGINT ends it: every
-live flow is reported (end), the spool flushed, the publisher given a few seconds to drain, and
-systemd told STOPPING.
+due, and pings systemd's watchdog only while capture keeps returning. SIGTERM or SIGINT ends it:
+every live flow is reported (end), the spool flushed, the publisher given a few seconds to drain,
+and systemd told STOPPING.
 
 With capture.workers = N > 1, N captures join one fanout group and are opened before the drop;
 right after it, one worker process per capture is forked (agent/workers.py), still before any
@@ -47,7 +47,7 @@ from agent.workers import EX_SOFTWARE, WorkerPool, spawn
 log = structlog.get_logger("agent.service")
 _META = struct.Struct("=IIII")  # next_batch's per-frame (sec, usec, offset, length)
 EX_UNAVAILABLE, EX_NOPERM = 69, 77
-ASSESS_PER_SECOND = 200  # stale device assessments done ahead of the delta (Inventory.assess_pending)
+ASSESS_PER_SECOND = 200  # stale device assessments done ahead of their report (Inventory.assess_pending)
 
 
 class Service:
