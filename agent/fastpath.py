@@ -24,6 +24,8 @@ META_RECORDS: Final = struct.Struct("=IIII").iter_unpack  # next_batch's (sec, u
 # Untagged IPv4 at fixed offsets: ethertype, version and header length, total length, flags and
 # fragment offset, protocol, the flow key (addresses and ports), TCP data offset and flags.
 IPV4_FIELDS: Final = struct.Struct("!12xHBxH2xHxB2x12s8xBB").unpack_from
+# IPv4 under one 802.1Q tag: the tag's two bytes (priority and VLAN id), then the same fields.
+TAGGED_IPV4_FIELDS: Final = struct.Struct("!14x2sHBxH2xHxB2x12s8xBB").unpack_from
 
 
 class EthernetFastPath:
@@ -49,7 +51,8 @@ class EthernetFastPath:
     def _ingest_ethernet(self, pk: bytes, meta: bytes) -> None:
         """The fast path, inlined by hand: IPv4 or IPv6 TCP/UDP on known flows, under up to two VLAN tags.
 
-        Untagged IPv4, most of the traffic, has its own copy with constant offsets. Whatever the
+        IPv4, untagged or under one 802.1Q tag (most of the traffic), is read with one struct
+        unpack and has its own copy of the steps; the rest is read byte by byte. Whatever the
         decoder would skip or treat specially (IPv4 options, IPv6 extension headers, fragments,
         tagged priorities, tunnel ports, a TCP header not wholly inside the packet) takes `slow`.
         """
@@ -66,42 +69,50 @@ class EthernetFastPath:
                 slow(pk[off:off + cl], t)
                 continue
             e, v, n, g, p, k, h, f = IPV4_FIELDS(pk, off)
+            o = 14  # where the IP header starts
+            if e == 0x8100 and cl >= 58:  # one 802.1Q tag: IPv4 under it at offset 18
+                tg, e, v, n, g, p, k, h, f = TAGGED_IPV4_FIELDS(pk, off)
+                if tg[0] < 16:  # priority 0: the tag's bytes are the VLAN id, the key's last two
+                    k += tg
+                    o = 18
+                else:
+                    e = 0  # the general steps below send it to slow
             try:
                 if e == 0x0800 and v == 69 and not g & 0x3FFF and n > 33:
                     if p == 6:
                         h = h >> 2 & 60
-                        if not 20 <= h <= cl - 34 or h > n - 20:  # a bad or cut header: decode counts it
+                        if not 20 <= h <= cl - o - 20 or h > n - 20:  # a bad or cut header: decode counts it
                             slow(pk[off:off + cl], t)
                             continue
                         j = tcp_get(k)
                         if j is not None and not f & 7:
                             if j >= head:  # a flow in its head (flowhead.py): payload to the hinters
                                 if n > 20 + h:
-                                    end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                                    account(TCP, k, n, f, pk[off:off + 12], t, pk[off + 34:off + end])
+                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                    account(TCP, k, n, f, pk[off:off + 12], t, pk[off + o + 20:off + end])
                                     continue
                                 j -= head
                             count[j] += n << PKT_BITS | 1
                             flags[j] |= f
                             last[j] = t
                         else:
-                            end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                            account(TCP, k, n, f, pk[off:off + 12], t, pk[off + 34:off + end])
+                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                            account(TCP, k, n, f, pk[off:off + 12], t, pk[off + o + 20:off + end])
                         continue
                     if p == 17:
                         j = udp_get(k)
                         if j is not None:
                             if j >= head:  # a flow in its head (flowhead.py)
-                                end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                                account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + 34:off + end])
+                                end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + o + 20:off + end])
                                 continue
                             count[j] += n << PKT_BITS | 1
                             last[j] = t
                         elif k[8] << 8 | k[9] in TUNNEL_PORTS or k[10] << 8 | k[11] in TUNNEL_PORTS:
                             slow(pk[off:off + cl], t)
                         else:
-                            end = 14 + n if 14 + n < cl else cl  # the IP length, unless cut short
-                            account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + 34:off + end])
+                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                            account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + o + 20:off + end])
                         continue
                 else:  # the same steps with the IP header at offset o and the VLAN ids in tg
                     d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
