@@ -3,8 +3,9 @@
 A mixin of FlowTable, which owns the columns it reads (see flows.py for their layout). It counts
 IPv4 and IPv6 TCP/UDP packets of flows the table knows, under up to two VLAN tags, with a few
 bytes read at fixed offsets and one dict lookup; everything else, and everything the decoder
-would skip or treat specially, goes to FlowTable._slow, and a flow in its head (flowhead.py) to
-FlowTable._account. tests/unit/test_fast_path.py holds it to the general path, hints included.
+would skip or treat specially, goes to FlowTable._slow. A new flow goes to FlowTable._account, and
+the payload of a flow in its head (flowhead.py), once counted, to FlowTable._feed_head.
+tests/unit/test_fast_path.py holds it to the general path, hints included.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class EthernetFastPath:
                  segment: bytes = b"") -> None:
         raise NotImplementedError
 
+    def _feed_head(self, j: int, table: int, segment: bytes, t: int) -> None:
+        raise NotImplementedError
+
     def _ingest_ethernet(self, pk: bytes, meta: bytes) -> None:
         """The fast path, inlined by hand: IPv4 or IPv6 TCP/UDP on known flows, under up to two VLAN tags.
 
@@ -57,7 +61,7 @@ class EthernetFastPath:
         tagged priorities, tunnel ports, a TCP header not wholly inside the packet) takes `slow`.
         """
         now, tick, slow, account = self._now, self._tick, self._slow, self._account
-        tcp_get, udp_get = self._tables[TCP].get, self._tables[UDP].get
+        tcp_get, udp_get, feed_head = self._tables[TCP].get, self._tables[UDP].get, self._feed_head
         count, flags, last, head = self._count, self._flags, self._last, HEAD
         for sec, usec, off, cl in META_RECORDS(meta):
             t = sec * US + usec
@@ -87,11 +91,14 @@ class EthernetFastPath:
                         j = tcp_get(k)
                         if j is not None and not f & 7:
                             if j >= head:  # a flow in its head (flowhead.py): payload to the hinters
-                                if n > 20 + h:
-                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                    account(TCP, k, n, f, pk[off:off + 12], t, pk[off + o + 20:off + end])
-                                    continue
                                 j -= head
+                                if n > 20 + h:
+                                    count[j] += n << PKT_BITS | 1
+                                    flags[j] |= f
+                                    last[j] = t
+                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                    feed_head(j, TCP, pk[off + o + 20:off + end], t)
+                                    continue
                             count[j] += n << PKT_BITS | 1
                             flags[j] |= f
                             last[j] = t
@@ -103,8 +110,11 @@ class EthernetFastPath:
                         j = udp_get(k)
                         if j is not None:
                             if j >= head:  # a flow in its head (flowhead.py)
+                                j -= head
+                                count[j] += n << PKT_BITS | 1
+                                last[j] = t
                                 end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + o + 20:off + end])
+                                feed_head(j, UDP, pk[off + o + 20:off + end], t)
                                 continue
                             count[j] += n << PKT_BITS | 1
                             last[j] = t
@@ -137,11 +147,14 @@ class EthernetFastPath:
                         j = tcp_get(k)
                         if j is not None and not f & 7:
                             if j >= head:
-                                if n > at - o + h:
-                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                    account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
-                                    continue
                                 j -= head
+                                if n > at - o + h:
+                                    count[j] += n << PKT_BITS | 1
+                                    flags[j] |= f
+                                    last[j] = t
+                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                                    feed_head(j, TCP, pk[off + at:off + end], t)
+                                    continue
                             count[j] += n << PKT_BITS | 1
                             flags[j] |= f
                             last[j] = t
@@ -153,8 +166,11 @@ class EthernetFastPath:
                         j = udp_get(k)
                         if j is not None:
                             if j >= head:
+                                j -= head
+                                count[j] += n << PKT_BITS | 1
+                                last[j] = t
                                 end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
+                                feed_head(j, UDP, pk[off + at:off + end], t)
                                 continue
                             count[j] += n << PKT_BITS | 1
                             last[j] = t
