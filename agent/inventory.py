@@ -132,7 +132,27 @@ class Inventory:
             local = self.is_local(ip)
         if not local:  # a remote host behind the gateway's MAC: not the gateway's doing
             return None
-        return self.device(mac, ip, True, ts, ts)
+        device = self._devices.get(mac) if mac is not None else None
+        seen = device.ips.get(ip) if device is not None else None
+        if device is None or seen is None:  # a new device, or a new address of one
+            return self.device(mac, ip, True, ts, ts)
+        # A known device at a known address, most hints: device() and add_ip() inlined, times only.
+        self._devices.move_to_end(device.key)
+        if ts < device.first_seen:
+            device.first_seen = ts
+            device.changed = True
+        if ts > device.last_seen:
+            device.last_seen = ts
+        if ts > seen[1]:
+            seen[1] = ts
+        if ts < seen[0]:
+            seen[0] = ts
+        by_ip = self._by_ip
+        if by_ip.get(ip) != device.key:
+            if len(by_ip) >= _MAX_LOCAL_CACHE:
+                by_ip.clear()
+            by_ip[ip] = device.key
+        return device
 
     def device(self, mac: str | None, ip: str | None, local: bool, first: float,
                last: float) -> DeviceState | None:

@@ -83,14 +83,15 @@ class HintApplier:
         The server port is the receiver's when the sender opened the flow, unless the other port is a
         lower well-known one (a DHCP reply opens its own flow from port 67 to 68).
         """
-        if hint.proto not in ("tcp", "udp"):
+        proto = "tcp" if hint.proto == "tcp" else "udp" if hint.proto == "udp" else None
+        if proto is None:
             return
         port, other = (hint.dst_port, hint.src_port) if hint.initiator else (hint.src_port, hint.dst_port)
         if 0 < other < 1024 and other < port:
             port = other
         if not port:
             return
-        service = (str(hint.proto), port)
+        service = (proto, port)
         for device in (src, dst):
             if device is not None:
                 device.set_app(service, hint.app)
