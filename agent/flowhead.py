@@ -118,10 +118,11 @@ class FlowHeads:
         if packets > head.limit:  # this direction has had its share
             self.end(slot, t)
             return True
-        if len(payload) > head.budget:
+        budget = head.budget - len(payload)
+        if budget < 0:
             payload = payload[:head.budget]
             self._counters.add("hints.byte_budget_reached")
-        head.budget -= len(payload)
+        head.budget = budget
         hinter = head.hinter
         assert hinter is not None
         try:
@@ -132,7 +133,7 @@ class FlowHeads:
             return True
         if found:
             self._emit(head, slot, from_a, found, t)
-        if hinter.done or head.budget <= 0 or min(head.packets_a, head.packets_b) >= head.limit:
+        if hinter.done or budget <= 0 or (head.packets_a >= head.limit and head.packets_b >= head.limit):
             self.end(slot, t)
             return True
         return False
