@@ -221,11 +221,11 @@ def _extensions(body: bytes, at: int) -> list[tuple[int, bytes]]:
 
 
 def _vector(data: bytes, at: int, width: int) -> tuple[bytes, int]:
-    """The content of the vector at `at` with a `width`-byte length prefix, and the offset after it."""
+    """The content of the vector at `at` with a 1- or 2-byte (`width`) length prefix, and where it ends."""
     start = at + width
     if start > len(data):
         raise ValueError(_PAST_END)
-    end = start + int.from_bytes(data[at:start], "big")
+    end = start + (data[at] if width == 1 else data[at] << 8 | data[at + 1])
     if end > len(data):
         raise ValueError(_PAST_END)
     return data[start:end], end
@@ -274,7 +274,7 @@ def _alpn_chars(value: bytes) -> str:
 
 
 def _version(value: int) -> str:
-    return _VERSIONS.get(value, f"0x{value:04x}")
+    return _VERSIONS.get(value) or f"0x{value:04x}"
 
 
 def _hex_list(values: list[int]) -> str:
