@@ -31,7 +31,6 @@ _TARGET: Final = re.compile(rb"[!-~]{0,8192}")
 _VERSION: Final = re.compile(rb"HTTP/1\.[0-9]")
 _METHODS: Final = frozenset({b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT"})
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[0-9] ([1-5][0-9][0-9])(?: .*)?")
-_HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
 _HOST: Final = re.compile(r"^[A-Za-z0-9._:\[\]-]{1,255}$")
 _PRINTABLE: Final = re.compile(r"^[\x20-\x7e]+$")
 _USER_FIELD: Final = re.compile(r"(?:^|[\[.])(?:j_|login_|user_)?(?:user(?:_?name)?|login|e-?mail|uname|usr|"
@@ -119,13 +118,15 @@ class _Stream:
         """The next whole head (without its blank line), leading blank lines dropped."""
         while self.buffer and self.buffer[0] in b"\r\n":
             del self.buffer[:1]
-        match = _HEAD_END.search(self.buffer)
-        if match is None:
-            if len(self.buffer) > MAX_HEAD:
+        buffer = self.buffer
+        bare, crlf = buffer.find(b"\n\n"), buffer.find(b"\n\r\n")  # two finds: far quicker than a regex
+        if bare < 0 and crlf < 0:
+            if len(buffer) > MAX_HEAD:
                 raise ValueError("HTTP head longer than the buffer")
             return None
-        head = bytes(self.buffer[:match.start()])
-        del self.buffer[:match.end()]
+        at, end = (bare, bare + 2) if crlf < 0 or 0 <= bare < crlf else (crlf, crlf + 3)
+        head = bytes(buffer[:at - 1 if at and buffer[at - 1] == 13 else at])  # without the line's \r
+        del buffer[:end]
         return head
 
     def body(self, headers: dict[str, str], to_close: bool) -> None:
@@ -264,13 +265,13 @@ class HttpFlow:
 
 def _parse_head(head: bytes) -> tuple[bytes, dict[str, str]]:
     """The first line and the headers (lower-case names; the first of a repeated header wins)."""
-    lines = head.split(b"\n")
+    first, _, rest = head.partition(b"\n")
     headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        name, colon, value = raw.decode("latin-1").partition(":")
+    for line in rest.decode("latin-1").split("\n") if rest else ():
+        name, colon, value = line.partition(":")
         if colon and name.strip():
             headers.setdefault(name.strip().lower(), value.strip())
-    return lines[0].rstrip(b"\r"), headers
+    return first.rstrip(b"\r"), headers
 
 
 def _length(value: str, base: int = 10) -> int:
