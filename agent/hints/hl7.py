@@ -92,7 +92,8 @@ def _header(message: bytes) -> Fields | None:
             raw = fields[index - 1]
             if name != "message_type":
                 raw = raw.partition(component)[0]  # the namespace id of an HD field
-            raw = raw.replace(component, b"^")
+            elif component != b"^":
+                raw = raw.replace(component, b"^")
             if raw and len(raw) <= MAX_FIELD and pattern.fullmatch(raw):
                 result[name] = raw.decode("ascii")
     if str(result.get("message_type", "")).startswith("ACK"):
