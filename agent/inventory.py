@@ -132,27 +132,7 @@ class Inventory:
             local = self.is_local(ip)
         if not local:  # a remote host behind the gateway's MAC: not the gateway's doing
             return None
-        device = self._devices.get(mac) if mac is not None else None
-        seen = device.ips.get(ip) if device is not None else None
-        if device is None or seen is None:  # a new device, or a new address of one
-            return self.device(mac, ip, True, ts, ts)
-        # A known device at a known address, most hints: device() and add_ip() inlined, times only.
-        self._devices.move_to_end(device.key)
-        if ts < device.first_seen:
-            device.first_seen = ts
-            device.changed = True
-        if ts > device.last_seen:
-            device.last_seen = ts
-        if ts > seen[1]:
-            seen[1] = ts
-        if ts < seen[0]:
-            seen[0] = ts
-        by_ip = self._by_ip
-        if by_ip.get(ip) != device.key:
-            if len(by_ip) >= _MAX_LOCAL_CACHE:
-                by_ip.clear()
-            by_ip[ip] = device.key
-        return device
+        return self.device(mac, ip, True, ts, ts)
 
     def device(self, mac: str | None, ip: str | None, local: bool, first: float,
                last: float) -> DeviceState | None:
@@ -177,12 +157,20 @@ class Inventory:
         if last > device.last_seen:
             device.last_seen = last
         if local and ip is not None:  # attribute the address
-            if not device.add_ip(ip, first, last):
-                self.counters.add("inventory.ips_dropped")
+            seen = device.ips.get(ip)
+            if seen is None:
+                if not device.add_ip(ip, first, last):
+                    self.counters.add("inventory.ips_dropped")
+            else:  # a known address, most calls: add_ip's steps for it, inlined
+                if last > seen[1]:
+                    seen[1] = last
+                if first < seen[0]:
+                    seen[0] = first
             by_ip = self._by_ip
-            if len(by_ip) >= _MAX_LOCAL_CACHE:
-                by_ip.clear()
-            by_ip[ip] = key  # the address now leads to this device
+            if by_ip.get(ip) != key:  # the address now leads to this device
+                if len(by_ip) >= _MAX_LOCAL_CACHE:
+                    by_ip.clear()
+                by_ip[ip] = key
         return device
 
     def _create(self, key: str, first: float) -> DeviceState:
