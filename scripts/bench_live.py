@@ -17,6 +17,11 @@ What it measures
     machine one bisection can land 15% away from the next (83k and 98k packets/s an hour apart,
     same code): --repeat N bisects N times and reports the median.
 
+    Each trial also reports the agent's CPU time per packet (user + system, workers included, from
+    its start to the end of the drain, over the frames it decoded), and the summary gives the median
+    over the clean trials at half the best rate or more. On a shared machine this moves far less
+    from run to run than the bisected rate: compare two versions with it.
+
     if_dropped (libpcap 1.9 on Linux: the interface's rx_dropped) is shown but not counted as loss:
     it also counts frames the host stack discarded after the capture had them (QinQ frames on a tap
     with no 802.1ad device). The capture buffer (capture.buffer_mb, 16 MiB: ~25 k frames of this mix)
@@ -56,6 +61,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+import psutil  # type: ignore[import-untyped]
+
 ROOT: Final = Path(__file__).resolve().parents[1]
 TAP: Final = f"wblt{os.getpid() % 100000}"
 PEER_NS: Final = f"wbltpeer{os.getpid()}"
@@ -72,10 +79,15 @@ class Trial:
     if_dropped: int
     frames: int
     flows: int
+    cpu_seconds: float  # the agent's (and its workers') user + system time from its start to the drain's end
 
     @property
     def clean(self) -> bool:
         return self.dropped == 0 and self.frames >= self.sent > 0
+
+    @property
+    def us_per_frame(self) -> float:
+        return self.cpu_seconds * 1e6 / self.frames if self.frames else 0.0
 
 
 def _run(*args: str) -> str:
@@ -160,8 +172,10 @@ def trial(capture: Path, packets: int, config: Path, rate: int | None, seconds: 
     """One run of the agent with one replay at `rate` packets/s (None: tcpreplay --topspeed)."""
     agent, lines, _ = _start_agent(config, cpus[0])
     try:
+        cpu_before = _cpu_seconds(agent.pid)
         sent, sent_pps = _replay(capture, packets, rate, int(rate * seconds) if rate else top_limit, cpus[1])
         time.sleep(2.5)  # the agent drains its buffer; one more health line
+        cpu_seconds = _cpu_seconds(agent.pid) - cpu_before
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(60)
@@ -177,12 +191,26 @@ def trial(capture: Path, packets: int, config: Path, rate: int | None, seconds: 
         raise RuntimeError("the agent did not stop cleanly:\n" + "".join(lines)[-3000:])
     frames, flows = map(int, stopped[-1])
     return Trial("top" if rate is None else str(rate), sent, sent_pps, totals["received"], totals["dropped"],
-                 totals["if_dropped"], frames, flows)
+                 totals["if_dropped"], frames, flows, cpu_seconds)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and of its live descendants (capture workers)."""
+    process = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
+
+def cost_per_packet(trials: list[Trial], best: int) -> tuple[float, int]:
+    """The median agent CPU µs per packet of the clean trials at `best / 2` packets/s or more, and how many
+    there were. At low rates the agent's fixed costs (a health line a second, idle wake-ups) dominate."""
+    costs = [t.us_per_frame for t in trials
+             if t.clean and t.rate != "top" and int(t.rate) * 2 >= best and t.frames]
+    return (statistics.median(costs), len(costs)) if costs else (0.0, 0)
 
 
 def _row(t: Trial) -> str:
     return (f"{t.rate:>8} {t.sent:>9} {t.sent_pps:>10.0f} {t.received:>9} {t.dropped:>8} {t.if_dropped:>8} "
-            f"{t.frames:>9} {t.flows:>7}  {'clean' if t.clean else 'LOSS'}")
+            f"{t.frames:>9} {t.flows:>7} {t.us_per_frame:>7.2f}  {'clean' if t.clean else 'LOSS'}")
 
 
 def main() -> int:
@@ -212,7 +240,7 @@ def main() -> int:
     print(f"capture {capture.name}: {packets} packets; agent ({args.workers} worker(s)) on cpu {cpus[0]}, "
           f"tcpreplay on cpu {cpus[1]}")
     print(f"{'rate':>8} {'sent':>9} {'sent pps':>10} {'received':>9} {'dropped':>8} {'ifdrop':>8} "
-          f"{'frames':>9} {'flows':>7}")
+          f"{'frames':>9} {'flows':>7} {'us/pkt':>7}")
     with tempfile.TemporaryDirectory(prefix="ward-bench-live-") as tmp:
         config = _config(Path(tmp), args.buffer_mb, args.workers)
         _make_link()
@@ -224,11 +252,15 @@ def main() -> int:
     each = f"; median of {len(bests)} bisections: {', '.join(map(str, bests))}" if len(bests) > 1 else ""
     print(f"highest zero-drop rate: {best} packets/s ({args.workers} worker(s) on cpu {cpus[0]}, "
           f"{args.seconds:.0f} s trials, buffer {args.buffer_mb} MiB each{each})")
+    cost, counted = cost_per_packet(trials, best)
+    print(f"agent CPU per packet: median {cost:.2f} us over the {counted} clean trials at "
+          f"{best // 2} packets/s or more (steadier than the rate: compare versions with it)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        rows = [asdict(t) | {"clean": t.clean} for t in trials]
+        rows = [asdict(t) | {"clean": t.clean, "us_per_frame": round(t.us_per_frame, 3)} for t in trials]
         args.json.write_text(json.dumps({"best_pps": best, "bisections": bests, "seconds": args.seconds,
-                                         "scale": args.scale, "workers": args.workers, "trials": rows},
+                                         "us_per_packet": round(cost, 3), "scale": args.scale,
+                                         "workers": args.workers, "trials": rows},
                                         indent=1))
     return 0
 

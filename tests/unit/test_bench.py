@@ -106,3 +106,18 @@ def test_hint_floor_records_each_hinted_flows_payloads_and_parses_them_again(tmp
     seconds: dict[str, float] = {"dns": 0.0}
     bench_hint_floor.parse_all(inputs, seconds)
     assert seconds["dns"] > 0
+
+
+def test_live_cost_per_packet_takes_the_clean_trials_near_the_best_rate() -> None:
+    import bench_live
+
+    def trial(rate: str, sent: int, dropped: int, cpu_seconds: float) -> bench_live.Trial:
+        return bench_live.Trial(rate, sent, 0.0, sent, dropped, 0, sent - dropped, 10, cpu_seconds)
+
+    trials = [trial("top", 1000, 400, 9.0),       # lossy, and the generator's own rate
+              trial("1000", 1000, 0, 0.04),       # clean, but a low rate: fixed costs dominate
+              trial("80000", 1000, 0, 0.010),     # 10 us a packet
+              trial("90000", 1000, 0, 0.012),     # 12 us
+              trial("95000", 1000, 5, 0.001)]     # lossy
+    assert bench_live.cost_per_packet(trials, 90000) == (pytest.approx(11.0), 2)
+    assert bench_live.cost_per_packet([], 90000) == (0.0, 0)
