@@ -20,7 +20,9 @@ What it measures
     Each trial also reports the agent's CPU time per packet (user + system, workers included, from
     its start to the end of the drain, over the frames it decoded), and the summary gives the median
     over the clean trials at half the best rate or more. On a shared machine this moves far less
-    from run to run than the bisected rate: compare two versions with it.
+    from run to run than the bisected rate: compare two versions with it. It falls as the rate
+    rises (the per-second costs spread over more packets: 12.1 us at 52k packets/s, 9.3 us at 96k
+    in one run), so compare trials at similar rates, or the medians of bisections of the same range.
 
     if_dropped (libpcap 1.9 on Linux: the interface's rx_dropped) is shown but not counted as loss:
     it also counts frames the host stack discarded after the capture had them (QinQ frames on a tap
