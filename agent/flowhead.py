@@ -71,7 +71,7 @@ class FlowHeads:
                  on_hint: Callable[[ProtoHint], object], counters: Counters,
                  ports: Callable[[int], Ports], context: Callable[[int], FlowContext]) -> None:
         self._all_hinters = tuple(hinters)
-        self._hinters = tuple(h for h in hinters if h.NAME not in settings.disabled)
+        self._hinters = _by_proto(hinters, settings.disabled)
         self._options = HintOptions(record_user=settings.record_user)
         self._packets = settings.packets
         self._bytes = settings.bytes
@@ -84,7 +84,7 @@ class FlowHeads:
 
     def reconfigure(self, settings: HintSettings) -> None:
         """New limits and options for flows whose first payload comes from now on."""
-        self._hinters = tuple(h for h in self._all_hinters if h.NAME not in settings.disabled)
+        self._hinters = _by_proto(self._all_hinters, settings.disabled)
         self._options = HintOptions(record_user=settings.record_user)
         self._packets, self._bytes = settings.packets, settings.bytes
 
@@ -157,7 +157,7 @@ class FlowHeads:
 
     def _choose(self, head: _Head, slot: int, payload: bytes, from_a: bool) -> bool:
         proto, a_port, b_port = self._ports(slot)
-        for module in self._hinters:
+        for module in self._hinters[proto]:
             if module.accepts(proto, a_port, b_port, payload, from_a):
                 head.hinter, head.name = module.start(self._options), module.NAME
                 head.limit = max(head.limit, getattr(module, "HEAD_PACKETS", 0))
@@ -188,6 +188,13 @@ class FlowHeads:
                 on_hint(ProtoHint(ts, name, proto, a_mac, a_ip, a_port, b_mac, b_ip, b_port, True, fields))
             else:
                 on_hint(ProtoHint(ts, name, proto, b_mac, b_ip, b_port, a_mac, a_ip, a_port, False, fields))
+
+
+def _by_proto(hinters: Sequence[HinterModule],
+              disabled: Sequence[str]) -> dict[str, tuple[HinterModule, ...]]:
+    """The enabled hinters of each transport, in their order: a flow is offered only its own."""
+    return {proto: tuple(h for h in hinters if proto == h.PROTO and h.NAME not in disabled)
+            for proto in ("tcp", "udp")}
 
 
 def _tcp_payload(head: _Head, segment: bytes, from_a: bool, counters: Counters) -> bytes:

@@ -66,7 +66,7 @@ class _RecordingModule:
     """A hinter module whose flows record what they are fed into `inputs`."""
 
     def __init__(self, module: HinterModule, inputs: list[FlowInput]) -> None:
-        self.module, self.inputs, self.NAME = module, inputs, module.NAME
+        self.module, self.inputs, self.NAME, self.PROTO = module, inputs, module.NAME, module.PROTO
         self.HEAD_PACKETS = getattr(module, "HEAD_PACKETS", 0)
 
     def accepts(self, proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool:

@@ -1,7 +1,8 @@
 """Protocol hints: allow-listed metadata from the first payload packets of a flow (DESIGN.md section 3).
 
-A hinter module offers `accepts(proto, a_port, b_port, payload, from_a) -> bool`, asked for each of
-a flow's head payloads until one hinter accepts (side a is the flow's initiator), and
+A hinter module names the one transport it reads in `PROTO` ("tcp" or "udp") and offers
+`accepts(proto, a_port, b_port, payload, from_a) -> bool`, asked for each of a flow of that
+transport's head payloads until one hinter accepts (side a is the flow's initiator), and
 `start(options) -> FlowHinter`, one per flow. The flow table hands a FlowHinter only the first K
 payload packets of each direction. `feed` returns the metadata it could read; it raises ValueError
 on garbage, which the caller counts and stops feeding that flow; `done` set by the hinter ends the
@@ -28,6 +29,7 @@ class FlowHinter(Protocol):
 
 class HinterModule(Protocol):
     NAME: str
+    PROTO: str
 
     def accepts(self, proto: str | int, a_port: int, b_port: int, payload: bytes, from_a: bool) -> bool: ...
 

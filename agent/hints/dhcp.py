@@ -14,6 +14,7 @@ from typing import Final
 from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "dhcp"
+PROTO: Final = "udp"
 _MAGIC: Final = b"\x63\x82\x53\x63"
 _TYPES: Final = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE",
                  8: "INFORM"}

@@ -18,6 +18,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "dicom"
+PROTO: Final = "tcp"
 MAX_PDU: Final = 65536
 _HEADER: Final = 6
 _RQ, _AC, _RJ, _PDATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = range(1, 8)

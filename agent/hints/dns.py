@@ -15,6 +15,7 @@ from typing import Final
 from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "dns"
+PROTO: Final = "udp"
 PORTS: Final = frozenset({53, 5353, 5355})  # DNS, mDNS, LLMNR
 MAX_POINTERS: Final = 16
 MAX_RECORDS: Final = 32

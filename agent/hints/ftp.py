@@ -21,6 +21,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "ftp"
+PROTO: Final = "tcp"
 PORT: Final = 21
 MAX_LINE: Final = 1024
 MAX_ATTEMPTS: Final = 32

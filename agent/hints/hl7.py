@@ -15,6 +15,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "hl7"
+PROTO: Final = "tcp"
 START, END = b"\x0b", b"\x1c\x0d"
 MAX_BUFFER: Final = 4096
 MAX_FIELD: Final = 64

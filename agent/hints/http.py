@@ -21,6 +21,7 @@ from urllib.parse import unquote_plus
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "http"
+PROTO: Final = "tcp"
 HEAD_PACKETS: Final = 8  # a login form often follows a page load on the same connection (flowhead.py)
 MAX_HEAD: Final = 16384
 MAX_FORM: Final = 4096

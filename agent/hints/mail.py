@@ -25,6 +25,7 @@ from agent.hints.base import Fields, HintOptions
 from agent.hints.ftp import LineReader, printable
 
 NAME: Final = "mail"
+PROTO: Final = "tcp"
 PORTS: Final = frozenset({110, 143})
 MAX_ATTEMPTS: Final = 32
 MAX_PENDING: Final = 8

@@ -18,6 +18,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "mqtt"
+PROTO: Final = "tcp"
 PORT: Final = 1883
 MAX_CONNECT: Final = 8192
 MAX_USER: Final = 64

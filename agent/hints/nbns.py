@@ -17,6 +17,7 @@ from typing import Final
 from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "nbns"
+PROTO: Final = "udp"
 PORT: Final = 137
 MAX_NAMES: Final = 32
 MAX_ADDRESSES: Final = 16

@@ -16,6 +16,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "smb"
+PROTO: Final = "tcp"
 PORTS: Final = frozenset({139, 445})
 MAX_PREFIX: Final = 1024
 MAX_DIALECTS: Final = 32

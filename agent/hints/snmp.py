@@ -19,6 +19,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "snmp"
+PROTO: Final = "udp"
 PORTS: Final = frozenset({161, 162})
 MAX_REQUESTS: Final = 16  # request ids remembered per flow
 _SEQUENCE, _INTEGER, _OCTETS = 0x30, 0x02, 0x04

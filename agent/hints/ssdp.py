@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from agent.hints.base import DatagramFlow, Fields, HintOptions
 
 NAME: Final = "ssdp"
+PROTO: Final = "udp"
 PORT: Final = 1900
 MAX_VALUE: Final = 200
 MAX_HEADERS: Final = 64

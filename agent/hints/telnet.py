@@ -20,6 +20,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "telnet"
+PROTO: Final = "tcp"
 PORT: Final = 23
 HEAD_PACKETS: Final = 64  # a login typed one key per segment takes ~30 client segments (flowhead.py)
 MAX_ATTEMPTS: Final = 32

@@ -20,6 +20,7 @@ from typing import Final
 from agent.hints.base import Fields, HintOptions
 
 NAME: Final = "tls"
+PROTO: Final = "tcp"
 MAX_HELLO: Final = 16384
 MAX_RECORD: Final = 16384 + 2048
 MAX_ALPN: Final = 8

@@ -101,6 +101,21 @@ def test_registry_picks_by_protocol_and_port() -> None:
 
 
 @FUZZ
+@given(st.integers(0, 65535), st.integers(0, 65535), st.binary(max_size=64), st.booleans())
+def test_no_hinter_accepts_a_flow_of_the_other_transport(a_port: int, b_port: int, payload: bytes,
+                                                          from_a: bool) -> None:
+    """A hinter is asked only about flows of its PROTO (flowhead.py), so it must want no other."""
+    for hinter in HINTERS:
+        other = "udp" if hinter.PROTO == "tcp" else "tcp"
+        assert hinter.PROTO in ("tcp", "udp")
+        assert not hinter.accepts(other, a_port, b_port, payload, from_a), hinter.NAME
+    for port in (21, 23, 53, 67, 104, 110, 137, 139, 143, 161, 443, 445, 1883, 1900, 2575):
+        for hinter in HINTERS:
+            other = "udp" if hinter.PROTO == "tcp" else "tcp"
+            assert not hinter.accepts(other, port, b_port, payload, from_a), hinter.NAME
+
+
+@FUZZ
 @given(st.binary(max_size=600))
 def test_random_bytes_never_escape_as_another_exception(payload: bytes) -> None:
     """Random payloads give fields or ValueError, nothing else, for every hinter."""
