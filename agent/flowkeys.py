@@ -26,6 +26,7 @@ def flag_letters(flags: int) -> str:
 _FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
 _NO_MAC: Final = bytes(6)
 _ntoa: Final = socket.inet_ntoa
+_make: Final = tuple.__new__  # a NamedTuple from a tuple of all its fields, in order
 
 
 def address(raw: bytes) -> str:
@@ -46,12 +47,12 @@ def flow_record(table: int, a_key: bytes, first: float, last: float, packets: tu
         a_text, b_text = address(a_ip), address(b_ip)
     a_mac, b_mac = macs[:6], macs[6:]
     tcp = table == TCP
-    return FlowRecord(
+    return _make(FlowRecord, (  # FlowRecord's own __new__ is a Python function, this is not
         first, last, proto, a_text, a_port, b_text, b_port,
         None if a_mac == _NO_MAC else a_mac.hex(":"), None if b_mac == _NO_MAC else b_mac.hex(":"),
         vlans, packets[0], packets[1], octets[0], octets[1],
         _FLAG_STRINGS[flags[0]] if tcp else "", _FLAG_STRINGS[flags[1]] if tcp else "", end,
-    )
+    ))
 
 
 def reverse_key(table: int, key: bytes) -> bytes:
