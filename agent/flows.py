@@ -226,7 +226,12 @@ class FlowTable(Expiry, EthernetFastPath):
         live flows share a few hosts' address and MAC strings, and each is formatted once.
         """
         ja = slot << 1
-        proto, a_ip, a_port, b_ip, b_port, _ = describe_key(self._table_of[slot], self._keys[ja])
+        key = self._keys[ja]
+        if len(key) == 12:  # untagged IPv4, most flows: describe_key inlined
+            proto: str | int = "tcp" if self._table_of[slot] == TCP else "udp"
+            a_ip, b_ip, a_port, b_port = key[:4], key[4:8], key[8] << 8 | key[9], key[10] << 8 | key[11]
+        else:
+            proto, a_ip, a_port, b_ip, b_port, _ = describe_key(self._table_of[slot], key)
         macs = bytes(self._macs[12 * slot:12 * slot + 12])
         a_mac, b_mac = macs[:6], macs[6:]
         texts = self._texts
