@@ -26,7 +26,7 @@ class Expiry:
     _state: bytearray
     _due: array[int]
     _first: array[int]
-    _last: array[int]
+    _last: list[int]
     _flags: bytearray
     _continuing: dict[bytes, int]
     _fragments: FragmentTable

@@ -11,7 +11,6 @@ tests/unit/test_fast_path.py holds it to the general path, hints included.
 from __future__ import annotations
 
 import struct
-from array import array
 from typing import Final
 
 from agent.decode import TCP, UDP, VLAN_TPIDS
@@ -35,9 +34,9 @@ class EthernetFastPath:
     _now: int
     _tick: int
     _tables: tuple[dict[bytes, int], ...]
-    _count: array[int]
+    _count: list[int]
     _flags: bytearray
-    _last: array[int]
+    _last: list[int]
 
     def _clock(self, t: int, now: int) -> int:
         raise NotImplementedError
@@ -81,107 +80,104 @@ class EthernetFastPath:
                     o = 18
                 else:
                     e = 0  # the general steps below send it to slow
-            try:
-                if e == 0x0800 and v == 69 and not g & 0x3FFF and n > 33:
-                    if p == 6:
-                        h = h >> 2 & 60
-                        if not 20 <= h <= cl - o - 20 or h > n - 20:  # a bad or cut header: decode counts it
-                            slow(pk[off:off + cl], t)
-                            continue
-                        j = tcp_get(k)
-                        if j is not None and not f & 7:
-                            if j >= head:  # a flow in its head (flowhead.py): payload to the hinters
-                                j -= head
-                                if n > 20 + h:
-                                    count[j] += n << PKT_BITS | 1
-                                    flags[j] |= f
-                                    last[j] = t
-                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                    feed_head(j, TCP, pk[off + o + 20:off + end], t)
-                                    continue
-                            count[j] += n << PKT_BITS | 1
-                            flags[j] |= f
-                            last[j] = t
-                        else:
-                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                            account(TCP, k, n, f, pk[off:off + 12], t, pk[off + o + 20:off + end])
+            if e == 0x0800 and v == 69 and not g & 0x3FFF and n > 33:
+                if p == 6:
+                    h = h >> 2 & 60
+                    if not 20 <= h <= cl - o - 20 or h > n - 20:  # a bad or cut header: decode counts it
+                        slow(pk[off:off + cl], t)
                         continue
-                    if p == 17:
-                        j = udp_get(k)
-                        if j is not None:
-                            if j >= head:  # a flow in its head (flowhead.py)
-                                j -= head
+                    j = tcp_get(k)
+                    if j is not None and not f & 7:
+                        if j >= head:  # a flow in its head (flowhead.py): payload to the hinters
+                            j -= head
+                            if n > 20 + h:
                                 count[j] += n << PKT_BITS | 1
+                                flags[j] |= f
                                 last[j] = t
                                 end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                feed_head(j, UDP, pk[off + o + 20:off + end], t)
+                                feed_head(j, TCP, pk[off + o + 20:off + end], t)
                                 continue
-                            count[j] += n << PKT_BITS | 1
-                            last[j] = t
-                        elif k[8] << 8 | k[9] in TUNNEL_PORTS or k[10] << 8 | k[11] in TUNNEL_PORTS:
-                            slow(pk[off:off + cl], t)
-                        else:
-                            end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                            account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + o + 20:off + end])
-                        continue
-                else:  # the same steps with the IP header at offset o and the VLAN ids in tg
-                    d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
-                    o, tg, e = 14, b"", d[12] << 8 | d[13]
-                    if e in VLAN_TPIDS and d[14] < 16:  # priority 0: the tag's bytes are the VLAN id
-                        o, tg, e = 18, d[14:16], d[16] << 8 | d[17]
-                        if e in VLAN_TPIDS and d[18] < 16:
-                            o, tg, e = 22, d[14:16] + d[18:20], d[20] << 8 | d[21]
-                    if (e == 0x0800 and cl >= o + 40 and d[o] == 69 and not (d[o + 6] & 63 or d[o + 7])
-                            and (d[o + 2] or d[o + 3] > 33)):
-                        p, at, n, k = d[o + 9], o + 20, d[o + 2] << 8 | d[o + 3], d[o + 12:o + 24] + tg
-                    elif e == 0x86DD and cl >= o + 60 and d[o] >> 4 == 6:
-                        p, at, n, k = d[o + 6], o + 40, 40 + (d[o + 4] << 8 | d[o + 5]), d[o + 8:o + 44] + tg
+                        count[j] += n << PKT_BITS | 1
+                        flags[j] |= f
+                        last[j] = t
                     else:
-                        p = 0
-                    if p == 6:
-                        h = d[at + 12] >> 2 & 60
-                        if not 20 <= h <= cl - at or h > n - at + o:
-                            slow(pk[off:off + cl], t)
-                            continue
-                        f = d[at + 13]
-                        j = tcp_get(k)
-                        if j is not None and not f & 7:
-                            if j >= head:
-                                j -= head
-                                if n > at - o + h:
-                                    count[j] += n << PKT_BITS | 1
-                                    flags[j] |= f
-                                    last[j] = t
-                                    end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                    feed_head(j, TCP, pk[off + at:off + end], t)
-                                    continue
+                        end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                        account(TCP, k, n, f, pk[off:off + 12], t, pk[off + o + 20:off + end])
+                    continue
+                if p == 17:
+                    j = udp_get(k)
+                    if j is not None:
+                        if j >= head:  # a flow in its head (flowhead.py)
+                            j -= head
                             count[j] += n << PKT_BITS | 1
-                            flags[j] |= f
                             last[j] = t
-                        else:
                             end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                            account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
+                            feed_head(j, UDP, pk[off + o + 20:off + end], t)
+                            continue
+                        count[j] += n << PKT_BITS | 1
+                        last[j] = t
+                    elif k[8] << 8 | k[9] in TUNNEL_PORTS or k[10] << 8 | k[11] in TUNNEL_PORTS:
+                        slow(pk[off:off + cl], t)
+                    else:
+                        end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                        account(UDP, k, n, 0, pk[off:off + 12], t, pk[off + o + 20:off + end])
+                    continue
+            else:  # the same steps with the IP header at offset o and the VLAN ids in tg
+                d = pk[off:off + (cl if cl < HEADER_BYTES else HEADER_BYTES)]
+                o, tg, e = 14, b"", d[12] << 8 | d[13]
+                if e in VLAN_TPIDS and d[14] < 16:  # priority 0: the tag's bytes are the VLAN id
+                    o, tg, e = 18, d[14:16], d[16] << 8 | d[17]
+                    if e in VLAN_TPIDS and d[18] < 16:
+                        o, tg, e = 22, d[14:16] + d[18:20], d[20] << 8 | d[21]
+                if (e == 0x0800 and cl >= o + 40 and d[o] == 69 and not (d[o + 6] & 63 or d[o + 7])
+                        and (d[o + 2] or d[o + 3] > 33)):
+                    p, at, n, k = d[o + 9], o + 20, d[o + 2] << 8 | d[o + 3], d[o + 12:o + 24] + tg
+                elif e == 0x86DD and cl >= o + 60 and d[o] >> 4 == 6:
+                    p, at, n, k = d[o + 6], o + 40, 40 + (d[o + 4] << 8 | d[o + 5]), d[o + 8:o + 44] + tg
+                else:
+                    p = 0
+                if p == 6:
+                    h = d[at + 12] >> 2 & 60
+                    if not 20 <= h <= cl - at or h > n - at + o:
+                        slow(pk[off:off + cl], t)
                         continue
-                    if p == 17 and n >= at - o + 8:
-                        j = udp_get(k)
-                        if j is not None:
-                            if j >= head:
-                                j -= head
+                    f = d[at + 13]
+                    j = tcp_get(k)
+                    if j is not None and not f & 7:
+                        if j >= head:
+                            j -= head
+                            if n > at - o + h:
                                 count[j] += n << PKT_BITS | 1
+                                flags[j] |= f
                                 last[j] = t
                                 end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                                feed_head(j, UDP, pk[off + at:off + end], t)
+                                feed_head(j, TCP, pk[off + at:off + end], t)
                                 continue
+                        count[j] += n << PKT_BITS | 1
+                        flags[j] |= f
+                        last[j] = t
+                    else:
+                        end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                        account(TCP, k, n, f, d[:12], t, pk[off + at:off + end])
+                    continue
+                if p == 17 and n >= at - o + 8:
+                    j = udp_get(k)
+                    if j is not None:
+                        if j >= head:
+                            j -= head
                             count[j] += n << PKT_BITS | 1
                             last[j] = t
-                        elif (d[at] << 8 | d[at + 1] in TUNNEL_PORTS
-                              or d[at + 2] << 8 | d[at + 3] in TUNNEL_PORTS):
-                            slow(pk[off:off + cl], t)
-                        else:
                             end = o + n if o + n < cl else cl  # the IP length, unless cut short
-                            account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
-                        continue
-                slow(pk[off:off + cl], t)
-            except OverflowError:  # a byte counter is full: _account cuts that flow and starts afresh
-                slow(pk[off:off + cl], t)
+                            feed_head(j, UDP, pk[off + at:off + end], t)
+                            continue
+                        count[j] += n << PKT_BITS | 1
+                        last[j] = t
+                    elif (d[at] << 8 | d[at + 1] in TUNNEL_PORTS
+                          or d[at + 2] << 8 | d[at + 3] in TUNNEL_PORTS):
+                        slow(pk[off:off + cl], t)
+                    else:
+                        end = o + n if o + n < cl else cl  # the IP length, unless cut short
+                        account(UDP, k, n, 0, d[:12], t, pk[off + at:off + end])
+                    continue
+            slow(pk[off:off + cl], t)
         self._now = now
