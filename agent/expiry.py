@@ -27,7 +27,7 @@ class Expiry:
     _due: array[int]
     _first: array[int]
     _last: list[int]
-    _flags: bytearray
+    _flags: list[int]
     _continuing: dict[bytes, int]
     _fragments: FragmentTable
 

@@ -35,7 +35,7 @@ class EthernetFastPath:
     _tick: int
     _tables: tuple[dict[bytes, int], ...]
     _count: list[int]
-    _flags: bytearray
+    _flags: list[int]
     _last: list[int]
 
     def _clock(self, t: int, now: int) -> int:

@@ -1,15 +1,17 @@
 """Bidirectional flow table: packets in, FlowRecords out (DESIGN.md section 1, hot path).
 
 Layout, chosen by measurement (scripts/bench.py): one dict per table (TCP, UDP, other) maps each
+direction's key to `2 * slot + direction`, so a packet finds its counters with one lookup and no
 direction test. Per-direction columns are indexed by that number: `_count` packs
 `bytes << 28 | packets` so one add counts both (a record holds up to 2**28 - 1 packets per
 direction: with active_timeout at most 600 s that takes over 447 k packets/s in one direction of
 one flow), `_flags` unions TCP flags, `_last` holds the time of the last packet in microseconds.
-`_count` and `_last`, written for every packet, are lists: CPython 3.11 reads and writes list
-items with specialised instructions and array items through generic calls. That costs ~130 B per
-live flow (an int object per item) and saves ~3.5% of the live pipeline's instructions; the other
-columns are arrays and bytearrays. Nothing per flow is a container the garbage collector has to
-chase (ints are not tracked), and it stays off while a batch runs.
+These three, written for every packet, are lists: CPython 3.11 reads and writes list items with
+specialised instructions, array and bytearray items through generic calls. That costs ~150 B per
+live flow (a pointer per item, an int object per count and time) and saves ~5% of the live
+pipeline's instructions. The other columns are arrays and bytearrays. Nothing per flow is a
+container the garbage collector has to chase (ints are not tracked), and it stays off while a
+batch runs.
 
 Time is packet time in integer microseconds and never goes backwards (late packets take the
 current time and are counted). Expiry and eviction live in expiry.py, the Ethernet fast path in
@@ -72,7 +74,7 @@ class FlowTable(Expiry, EthernetFastPath):
         self._max_flows = settings.max_flows
         self._tables: tuple[dict[bytes, int], ...] = ({}, {}, {}, {})  # TCP, UDP, OTHER, TUNNEL
         self._count: list[int] = []  # lists, not arrays: see the module docstring
-        self._flags = bytearray()
+        self._flags: list[int] = []
         self._last: list[int] = []
         self._keys: list[bytes] = []
         self._macs = bytearray()  # 12 bytes a slot: a MAC then b MAC
@@ -309,7 +311,7 @@ class FlowTable(Expiry, EthernetFastPath):
         """A new slot at the end of every column (freed slots are reused first, by _open)."""
         slot = len(self._first)
         self._count.extend((0, 0))
-        self._flags.extend(b"\0\0")
+        self._flags.extend((0, 0))
         self._last.extend((0, 0))
         self._keys.extend((b"", b""))
         self._macs.extend(bytes(12))
