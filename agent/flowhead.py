@@ -21,10 +21,9 @@ import structlog
 
 from agent.hints import FlowHinter, HinterModule
 from agent.hints.base import Fields, HintOptions
-from agent.records import Counters, ProtoHint
+from agent.records import Counters, ProtoHint, make_record
 
 HEAD: Final = 1 << 40
-_make: Final = tuple.__new__  # a NamedTuple from a tuple of all its fields, in order
 _SEQ_MASK: Final = 0xFFFFFFFF
 _HALF: Final = 0x80000000
 
@@ -184,13 +183,14 @@ class FlowHeads:
         proto, a_ip, a_port, b_ip, b_port, a_mac, b_mac = head.context
         name, ts, on_hint = head.name, t / 1_000_000, self._on_hint
         self._counters.add("hints." + name, len(found))
-        for fields in found:  # _make, not ProtoHint(...), whose __new__ is a Python function
+        make = make_record
+        for fields in found:
             if from_a:
-                on_hint(_make(ProtoHint, (ts, name, proto, a_mac, a_ip, a_port, b_mac, b_ip, b_port, True,
-                                          fields)))
+                on_hint(make(ProtoHint, (ts, name, proto, a_mac, a_ip, a_port, b_mac, b_ip, b_port, True,
+                                         fields)))
             else:
-                on_hint(_make(ProtoHint, (ts, name, proto, b_mac, b_ip, b_port, a_mac, a_ip, a_port, False,
-                                          fields)))
+                on_hint(make(ProtoHint, (ts, name, proto, b_mac, b_ip, b_port, a_mac, a_ip, a_port, False,
+                                         fields)))
 
 
 def _by_proto(hinters: Sequence[HinterModule],

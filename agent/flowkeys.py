@@ -12,7 +12,7 @@ import socket
 from typing import Final
 
 from agent.decode import OTHER, TCP
-from agent.records import FlowRecord
+from agent.records import FlowRecord, make_record
 
 _FLAG_LETTERS: Final = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20),
                         ("E", 0x40), ("C", 0x80))
@@ -26,7 +26,6 @@ def flag_letters(flags: int) -> str:
 _FLAG_STRINGS: Final = tuple(flag_letters(flags) for flags in range(256))
 _NO_MAC: Final = bytes(6)
 _ntoa: Final = socket.inet_ntoa
-_make: Final = tuple.__new__  # a NamedTuple from a tuple of all its fields, in order
 
 
 def address(raw: bytes) -> str:
@@ -47,7 +46,7 @@ def flow_record(table: int, a_key: bytes, first: float, last: float, packets: tu
         a_text, b_text = address(a_ip), address(b_ip)
     a_mac, b_mac = macs[:6], macs[6:]
     tcp = table == TCP
-    return _make(FlowRecord, (  # FlowRecord's own __new__ is a Python function, this is not
+    return make_record(FlowRecord, (
         first, last, proto, a_text, a_port, b_text, b_port,
         None if a_mac == _NO_MAC else a_mac.hex(":"), None if b_mac == _NO_MAC else b_mac.hex(":"),
         vlans, packets[0], packets[1], octets[0], octets[1],
